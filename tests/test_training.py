@@ -1,0 +1,228 @@
+"""Training scripts: declarations validate; real runs on a tiny random Llama; QLoRA; resume after SIGKILL; DDP."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_script
+from safetensors.torch import load_file
+
+from training.config import TrainConfig
+
+SCRIPTS = sorted((REPO / "training").glob("train_*.py"))
+
+
+def load_script(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_grid_is_complete():
+    names = {p.stem for p in SCRIPTS}
+    original = {"llama_3_2_1b_lora_finetome", "llama_3_2_1b_qlora_finetome", "llama_3_2_1b_qlora_finetome_exam",
+                "llama_3_2_3b_qlora_finetome", "llama_3_2_3b_qlora_finetome_exam", "llama_3_2_3b_qlora_exam",
+                "gemma_2_2b_lora_finetome", "phi_3_3b_lora_finetome", "phi_3_3b_lora_finetome_exam"}
+    embedded = {f"smollm2_135m_{m}_{d}" for m in ("lora", "qlora") for d in ("finetome", "exam", "finetome_exam")}
+    assert names == {f"train_{n}" for n in original | embedded}
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=[p.stem for p in SCRIPTS])
+def test_script_declares_a_valid_config_named_like_its_file(path):
+    module = load_script(path)
+    cfg = module.CONFIG
+    assert isinstance(cfg, TrainConfig)
+    assert path.stem == "train_" + cfg.name.replace("-", "_").replace(".", "_")
+    assert cfg.method == ("qlora" if "_qlora_" in path.stem else "lora")
+    assert f"python training/{path.name}" in module.__doc__
+    assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (16, 32, 0.05)
+    assert len(path.read_text().splitlines()) <= 30
+
+
+def test_cli_overrides_every_script_the_same_way():
+    from training.run import parse_cli
+
+    cfg = load_script(REPO / "training" / "train_smollm2_135m_qlora_exam.py").CONFIG
+    out = parse_cli(cfg, ["--max_steps", "5", "--learning_rate", "3e-4", "--per_device_train_batch_size", "2",
+                          "--num_train_epochs", "1.5", "--output_dir", "/tmp/x", "--resume"])
+    assert (out.max_steps, out.learning_rate, out.per_device_train_batch_size, out.num_train_epochs) == (5, 3e-4, 2, 1.5)
+    assert out.resume and out.load_in_4bit and out.checkpoint_dir == Path("/tmp/x")
+    assert parse_cli(cfg, []) == cfg
+
+
+def tiny_args(tiny_model_dir, exam_file, root, *extra):
+    return ["--model", str(tiny_model_dir), "--data_path", str(exam_file), "--root", str(root),
+            "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--logging_steps", "1",
+            "--threads", "1", *extra]
+
+
+def test_two_step_lora_run_changes_only_the_adapter(tiny_model_dir, exam_file, tmp_path):
+    r = run_script("training/train_smollm2_135m_lora_exam.py", *tiny_args(tiny_model_dir, exam_file, tmp_path, "--max_steps", "2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = "tiny-llama-lora-exam"
+    adapter = tmp_path / "models" / run
+    weights = load_file(adapter / "adapter_model.safetensors")
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b), "LoRA B starts at zero: it must have moved"
+    assert not [k for k in weights if "lora" not in k], "only adapter weights are saved"
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    reference = {k: v.clone() for k, v in base.state_dict().items()}
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter)
+    for k, v in tuned.get_base_model().state_dict().items():
+        if "lora" not in k:
+            key = k.replace(".base_layer", "")
+            assert torch.equal(v, reference[key]), f"base weight {k} changed"
+
+    record = json.loads((tmp_path / "training_logs" / f"{run}.json").read_text())
+    assert record["status"] == "completed" and record["global_step"] == 2
+    for key in ("config", "versions", "git_commit", "hardware", "data", "chat_template_sha256", "parameters", "resources", "wall_seconds"):
+        assert key in record
+    assert record["parameters"]["trainable"] < record["parameters"]["total"]
+    assert record["data"]["sha256"] and record["resources"]["peak_rss_mb"] > 0
+    assert json.loads((adapter / "run_record.json").read_text())["name"] == run
+    logs = [json.loads(line) for line in (tmp_path / "training_logs" / f"{run}.jsonl").read_text().splitlines()]
+    steps = [x for x in logs if x["event"] == "log" and "loss" in x]
+    assert [x["step"] for x in steps] == [1, 2]
+    assert all(math.isfinite(x["loss"]) and x["tokens_per_s"] > 0 and x["peak_rss_mb"] > 0 for x in steps)
+    assert (tmp_path / "training_logs" / f"{run}.log").read_text().count("loss=") == 2
+
+
+def test_assistant_tokens_only_and_end_of_turn_is_learned(embedded_model_dir):
+    from transformers import AutoTokenizer
+
+    from training.chat_templates import training_template
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    msgs = [{"role": "user", "content": "What is LoRA?"}, {"role": "assistant", "content": "A low-rank adapter."}]
+    out = tok.apply_chat_template(msgs, chat_template=training_template(tok), return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = out["input_ids"], out["assistant_masks"]
+    learned = [i for i, m in zip(ids, mask) if m]
+    assert tok.decode(learned) == "A low-rank adapter.<|im_end|>"
+    assert learned[-1] == tok.eos_token_id
+    assert tok.apply_chat_template(msgs, tokenize=False) == tok.apply_chat_template(msgs, chat_template=training_template(tok), tokenize=False)
+
+
+def test_qlora_builds_4bit_layers_and_trains(tiny_model_dir, exam_file, tmp_path):
+    import bitsandbytes as bnb
+
+    from training.run import build_model
+
+    cfg = TrainConfig(model=str(tiny_model_dir), load_in_4bit=True)
+    model = build_model(cfg, str(tiny_model_dir), torch.bfloat16, "bf16", "cpu")
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+
+    r = run_script("training/train_smollm2_135m_qlora_exam.py", *tiny_args(tiny_model_dir, exam_file, tmp_path, "--max_steps", "2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    record = json.loads((tmp_path / "training_logs" / "tiny-llama-qlora-exam.json").read_text())
+    assert record["status"] == "completed" and math.isfinite(record["final_train_loss"])
+    assert record["config"]["load_in_4bit"] is True
+
+
+def adapter_tensors(root: Path, run: str) -> dict:
+    return load_file(root / "models" / run / "adapter_model.safetensors")
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_model_dir, exam_file, tmp_path):
+    # Long enough (120 tiny steps) that the kill lands mid-run, after the first few checkpoints.
+    steps = ["--max_steps", "120", "--save_steps", "4"]
+    whole = tmp_path / "whole"
+    r = run_script("training/train_smollm2_135m_lora_exam.py", *tiny_args(tiny_model_dir, exam_file, whole, *steps))
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    args = tiny_args(tiny_model_dir, exam_file, killed, *steps)
+    proc = subprocess.Popen([sys.executable, str(REPO / "training/train_smollm2_135m_lora_exam.py"), *args, "--logging_steps", "1"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = killed / "checkpoints" / "tiny-llama-lora-exam"
+    deadline = time.time() + 300
+    from training.run import checkpoint_is_complete
+
+    while time.time() < deadline and not any(checkpoint_is_complete(p) and int(p.name.split("-")[1]) >= 8 for p in ckpt.glob("checkpoint-*")):
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "models" / "tiny-llama-lora-exam").exists()
+    record = json.loads((killed / "training_logs" / "tiny-llama-lora-exam.json").read_text())
+    assert record["status"] == "running"  # SIGKILL leaves no chance to write; the next run overwrites it
+
+    # A damaged newest checkpoint (empty folder) is skipped, never trusted.
+    (ckpt / "checkpoint-999").mkdir()
+    r = run_script("training/train_smollm2_135m_lora_exam.py", *args, "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "skipping damaged checkpoint" in r.stdout and "continuing from" in r.stdout
+    a, b = adapter_tensors(whole, "tiny-llama-lora-exam"), adapter_tensors(killed, "tiny-llama-lora-exam")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f"{k} differs after resume")
+    logs = [json.loads(x) for x in (killed / "training_logs" / "tiny-llama-lora-exam.jsonl").read_text().splitlines()]
+    begins = [x for x in logs if x["event"] == "train_begin"]
+    assert len(begins) == 2 and begins[1]["resumed"] and begins[1]["step"] >= 8
+
+
+def test_resume_refuses_only_damaged_checkpoints(tiny_model_dir, exam_file, tmp_path):
+    ckpt = tmp_path / "checkpoints" / "tiny-llama-lora-exam" / "checkpoint-4"
+    ckpt.mkdir(parents=True)
+    (ckpt / "adapter_model.safetensors").write_bytes(b"x")  # no trainer_state.json
+    r = run_script("training/train_smollm2_135m_lora_exam.py", *tiny_args(tiny_model_dir, exam_file, tmp_path, "--max_steps", "2", "--resume"))
+    assert r.returncode != 0
+    assert "no complete checkpoint" in r.stderr and "Traceback" not in r.stderr
+    r = run_script("training/train_smollm2_135m_lora_exam.py", *tiny_args(tiny_model_dir, exam_file, tmp_path, "--max_steps", "2"))
+    assert r.returncode != 0 and "pass --resume" in r.stderr
+
+
+def test_stage2_needs_its_stage1_adapter(tiny_model_dir, exam_file, tmp_path):
+    r = run_script("training/train_smollm2_135m_lora_finetome_exam.py", *tiny_args(tiny_model_dir, exam_file, tmp_path, "--max_steps", "1"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "tiny-llama-lora-finetome" in r.stderr and "train_tiny_llama_lora_finetome.py" in r.stderr or "run python" in r.stderr
+
+
+def test_offline_llama_script_fails_with_one_clear_message():
+    r = run_script("training/train_llama_3_2_1b_lora_finetome.py", "--max_steps", "1", env={"HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert "meta-llama/Llama-3.2-1B-Instruct" in r.stderr and "licence" in r.stderr
+    assert "train_smollm2_135m_lora_finetome.py" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_write_one_adapter(tiny_model_dir, exam_file, tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+         str(REPO / "training/train_smollm2_135m_lora_exam.py"), *tiny_args(tiny_model_dir, exam_file, tmp_path, "--max_steps", "2")],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    adapters = list((tmp_path / "models").glob("*/adapter_model.safetensors"))
+    assert len(adapters) == 1
+    record = json.loads((tmp_path / "training_logs" / "tiny-llama-lora-exam.json").read_text())
+    assert record["resolved"]["world_size"] == 2 and record["status"] == "completed"
+    assert not list((tmp_path / "models").glob(".*tmp*"))
+
+
+@pytest.mark.slow
+def test_real_embedded_model_trains_two_steps(exam_file, tmp_path):
+    r = run_script("training/train_smollm2_135m_lora_exam.py", "--data_path", str(exam_file), "--root", str(tmp_path),
+                   "--max_steps", "2", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--logging_steps", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    record = json.loads((tmp_path / "training_logs" / "smollm2-135m-lora-exam.json").read_text())
+    assert record["status"] == "completed" and math.isfinite(record["final_train_loss"])
+    assert record["parameters"]["total"] > 130_000_000

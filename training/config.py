@@ -1,0 +1,116 @@
+"""The one config of every training run, and its named bases.
+
+An experiment is ``replace(BASE, ...)`` of a base below; the same dataclass is the command line (every field is a
+``--flag``), so ``--max_steps 2`` works on every script. The run name, and from it every path, derives from the
+config: ``<model>-<lora|qlora>-<data>``, e.g. ``smollm2-135m-qlora-exam``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DATASETS = ("finetome", "exam", "finetome-exam")
+
+
+@dataclass
+class TrainConfig:
+    # What is trained
+    model: str = field(default="smollm2-135m", metadata={"help": "model-table key (see training/models.py) or a local checkpoint folder"})
+    data: str = field(default="exam", metadata={"help": "finetome (stage 1), exam (stage 2 from the base) or finetome-exam (stage 2 continuing the finetome adapter)"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the frozen base in 4-bit NF4 (double quantisation, bf16 compute)"})
+    run_name: str | None = field(default=None, metadata={"help": "override the derived <model>-<method>-<data> name"})
+
+    # LoRA (the original's settings)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", metadata={"help": "comma-separated module names"})
+
+    # Data
+    data_path: str | None = field(default=None, metadata={"help": "use this JSONL (exam/ShareGPT/messages) instead of the default file"})
+    general_data_path: str | None = field(default=None, metadata={"help": "stage 1: a local FineTome-style ShareGPT JSONL/Parquet when FineTome-100k is not cached"})
+    num_samples: int | None = field(default=None, metadata={"help": "deterministic sample of this many conversations (all when unset)"})
+    holdout: int = field(default=0, metadata={"help": "conversations held out for evaluation during training (0: none)"})
+    max_length: int = field(default=512, metadata={"help": "tokens per conversation under the chat template"})
+    over_length: str = field(default="truncate", metadata={"help": "conversations over max_length: truncate or drop (counted either way)"})
+    strict_data: bool = field(default=True, metadata={"help": "stop at the first bad line (False: skip and count bad lines)"})
+
+    # Schedule: 4 sequences x 4 accumulation = 16 conversations per optimizer step
+    num_train_epochs: float = 2.0
+    max_steps: int = -1
+    learning_rate: float = 2e-4
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 4
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    optim: str = field(default="auto", metadata={"help": "auto: paged_adamw_8bit for QLoRA and adamw_torch for LoRA on CUDA; adamw_torch on CPU"})
+    precision: str = field(default="auto", metadata={"help": "auto | bf16 | fp16 | fp32 (auto: bf16 where the GPU/CPU supports it)"})
+    padding_free: bool = field(default=True, metadata={"help": "concatenate a batch without padding (exact: position_ids rebuild the causal mask)"})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: physical cores)"})
+    seed: int = 42
+
+    # Checkpoints and logs
+    logging_steps: int = 10
+    save_steps: int = 200
+    save_total_limit: int = 3
+    root: str = field(default=str(REPO), metadata={"help": "folder holding checkpoints/, models/ and training_logs/"})
+    output_dir: str | None = field(default=None, metadata={"help": "checkpoint folder (default: <root>/checkpoints/<run>)"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest complete checkpoint of this run"})
+    report_to: str = "none"
+
+    def __post_init__(self):
+        if self.data not in DATASETS:
+            raise ValueError(f"data must be one of {DATASETS}, got {self.data!r}")
+        if self.over_length not in ("truncate", "drop"):
+            raise ValueError(f"over_length must be 'truncate' or 'drop', got {self.over_length!r}")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
+        if self.lora_r <= 0 or self.max_length <= 0 or self.per_device_train_batch_size <= 0:
+            raise ValueError("lora_r, max_length and per_device_train_batch_size must be positive")
+
+    @property
+    def method(self) -> str:
+        return "qlora" if self.load_in_4bit else "lora"
+
+    @property
+    def name(self) -> str:
+        model = Path(self.model).name if Path(self.model).is_dir() else self.model
+        return self.run_name or f"{model}-{self.method}-{self.data}"
+
+    @property
+    def stage1_name(self) -> str:
+        """The run whose adapter a finetome-exam run continues."""
+        return self.name.removesuffix("-finetome-exam") + "-finetome"
+
+    # Every path derives from the run name.
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path(self.root) / "checkpoints" / self.name
+
+    @property
+    def adapter_dir(self) -> Path:
+        return Path(self.root) / "models" / self.name
+
+    @property
+    def stage1_adapter_dir(self) -> Path:
+        return Path(self.root) / "models" / self.stage1_name
+
+    @property
+    def log_dir(self) -> Path:
+        return Path(self.root) / "training_logs"
+
+    @property
+    def record_path(self) -> Path:
+        return self.log_dir / f"{self.name}.json"
+
+
+# Stage 1, general instructions (the original: 40,000 FineTome samples, 2 epochs, lr 2e-4, accumulation 4-8).
+STAGE1 = TrainConfig(data="finetome", num_samples=40_000, num_train_epochs=2, learning_rate=2e-4, gradient_accumulation_steps=8, save_steps=500)
+# Stage 2, exam-prep data from the base model (the original: 2-3 epochs, lr 1e-4 to 2e-4, accumulation 4).
+STAGE2 = TrainConfig(data="exam", num_train_epochs=3, learning_rate=2e-4, gradient_accumulation_steps=4, save_steps=200)
+# Stage 2 continuing the same model's stage-1 adapter, at the lower end of the learning-rate range.
+STAGE2_CONTINUED = TrainConfig(data="finetome-exam", num_train_epochs=2, learning_rate=1e-4, gradient_accumulation_steps=4, save_steps=200)

@@ -1,0 +1,229 @@
+"""Dataset loading and validation shared by every training, evaluation and data tool.
+
+Every supported file is normalised to one shape, a list of ``{"role", "content"}`` messages:
+
+* ShareGPT (FineTome-100k, ``data/general_instructions.jsonl``): ``{"conversations": [{"from": "human", "value": ...}]}``
+* the exam format (``data/id2223_exam_prep_full.jsonl``): ``{"conversations": [{"role": "user", "content": ...}]}``
+  plus optional ``id``, ``topic`` and ``kind`` fields
+* OpenAI style: ``{"messages": [{"role": "user", "content": ...}]}``
+
+Validation names the file and the physical line of each problem. ``strict=True`` stops at the first bad line;
+``strict=False`` skips bad lines and prints how many were skipped for each reason.
+
+    python -c "from training.dataset_utils import load_conversations; print(len(load_conversations('data/id2223_exam_prep_full.jsonl')))"
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+EXAM_DATA = REPO / "data" / "id2223_exam_prep_full.jsonl"
+EXAM_TEST_DATA = REPO / "data" / "id2223_exam_prep_test.jsonl"
+GENERAL_DATA = REPO / "data" / "general_instructions.jsonl"
+FINETOME_ID = "mlabonne/FineTome-100k"
+
+ROLE_MAP = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+    "system": "system",
+}
+
+
+class DataError(ValueError):
+    """A dataset problem, with the file and line in its message."""
+
+
+@dataclass
+class LoadReport:
+    """What a load did: where the data came from and what it skipped, per reason."""
+
+    source: str
+    rows_read: int = 0
+    rows_kept: int = 0
+    skipped: collections.Counter = field(default_factory=collections.Counter)
+
+    def summary(self) -> str:
+        text = f"{self.source}: kept {self.rows_kept} of {self.rows_read} conversations"
+        if self.skipped:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
+            text += f" (skipped: {reasons})"
+        return text
+
+
+def _problem(row: object) -> tuple[str, str] | tuple[None, list[dict]]:
+    """Return (reason, detail) for a bad row, or (None, messages) for a good one."""
+    if not isinstance(row, dict):
+        return "not an object", f"expected a JSON object, got {type(row).__name__}"
+    turns = row.get("messages", row.get("conversations"))
+    if turns is None:
+        return "missing field", 'no "conversations" or "messages" field'
+    if not isinstance(turns, list) or not turns:
+        return "missing field", '"conversations"/"messages" must be a non-empty list'
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            return "missing field", f"turn {i} is not an object"
+        raw_role = turn.get("role", turn.get("from"))
+        content = turn.get("content", turn.get("value"))
+        if raw_role is None:
+            return "missing field", f'turn {i} has no "role"/"from"'
+        if content is None:
+            return "missing field", f'turn {i} has no "content"/"value"'
+        role = ROLE_MAP.get(str(raw_role).lower())
+        if role is None:
+            return "unknown role", f"turn {i} has unknown role {raw_role!r} (expected one of {sorted(ROLE_MAP)})"
+        if not isinstance(content, str) or not content.strip():
+            return "empty content", f"turn {i} ({role}) has empty content"
+        messages.append({"role": role, "content": content})
+    body = messages[1:] if messages[0]["role"] == "system" else messages
+    if any(m["role"] == "system" for m in body):
+        return "turns do not alternate", "a system turn appears after the first turn"
+    if not body:
+        return "missing field", "only a system turn, no user/assistant turns"
+    for i, m in enumerate(body):
+        want = "user" if i % 2 == 0 else "assistant"
+        if m["role"] != want:
+            return "turns do not alternate", f"turn {i + len(messages) - len(body)} is {m['role']!r}, expected {want!r}"
+    if body[-1]["role"] != "assistant":
+        return "ends on a user turn", "the conversation ends on a user turn (nothing to learn)"
+    return None, messages
+
+
+def iter_jsonl(path: str | os.PathLike, strict: bool = True, report: LoadReport | None = None):
+    """Yield ``(line_number, row, messages)`` for each valid conversation of a JSONL file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            if report is not None:
+                report.rows_read += 1
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                reason, detail = "bad JSON", f"bad JSON ({e.msg} at column {e.colno})"
+            else:
+                reason, detail = _problem(row)
+            if reason is not None:
+                if strict:
+                    raise DataError(f"{path}:{lineno}: {detail}. Fix the line or load with strict=False to skip it.")
+                if report is not None:
+                    report.skipped[reason] += 1
+                continue
+            if report is not None:
+                report.rows_kept += 1
+            yield lineno, row, detail
+
+
+def load_conversations(path: str | os.PathLike, strict: bool = True, verbose: bool = False) -> list[dict]:
+    """Load any supported JSONL file into rows ``{"messages": [...], **metadata}``."""
+    report = LoadReport(source=str(path))
+    rows = []
+    for lineno, row, messages in iter_jsonl(path, strict=strict, report=report):
+        meta = {k: v for k, v in row.items() if k not in ("conversations", "messages")}
+        rows.append({"messages": messages, **meta, "_line": lineno})
+    if verbose or report.skipped:
+        print(report.summary())
+    return rows
+
+
+def load_parquet_sharegpt(path: str | os.PathLike) -> list[dict]:
+    """A ShareGPT Parquet file (as FineTome-100k ships) into the same row shape; bad rows raise with their index."""
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+    rows = []
+    for i, row in enumerate(ds):
+        reason, detail = _problem(row)
+        if reason is not None:
+            raise DataError(f"{path}: row {i}: {detail}")
+        rows.append({"messages": detail, "_line": i + 1})
+    return rows
+
+
+def load_finetome(local_path: str | None = None) -> tuple[list[dict], str]:
+    """FineTome-100k from the HF cache, else a local ShareGPT JSONL/Parquet, else the shipped general set.
+
+    Returns the rows and a one-line description of the source that was used.
+    """
+    if local_path:
+        p = Path(local_path)
+        rows = load_parquet_sharegpt(p) if p.suffix == ".parquet" else load_conversations(p, strict=False)
+        return rows, f"local ShareGPT file {p}"
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(FINETOME_ID, split="train", download_mode="reuse_cache_if_exists")
+        rows = []
+        for i, row in enumerate(ds):
+            reason, detail = _problem(row)
+            if reason is None:
+                rows.append({"messages": detail, "_line": i + 1})
+        return rows, f"{FINETOME_ID} from the Hugging Face cache"
+    except Exception as e:  # offline, not cached: fall back to what the repository ships
+        why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        if not GENERAL_DATA.exists():
+            raise DataError(
+                f"{FINETOME_ID} is not in the Hugging Face cache ({why}) and {GENERAL_DATA} does not exist. "
+                "Pass --general_data_path with a local ShareGPT JSONL/Parquet file."
+            ) from None
+        return load_conversations(GENERAL_DATA, strict=True), (
+            f"{GENERAL_DATA.relative_to(REPO)} (offline general set; {FINETOME_ID} is not cached: {why})"
+        )
+
+
+def sample(rows: list, n: int | None, seed: int) -> list:
+    """Deterministic sample of ``n`` rows (all rows, shuffled, when n is None or larger than the data)."""
+    idx = list(range(len(rows)))
+    random.Random(seed).shuffle(idx)
+    if n is not None:
+        idx = idx[:n]
+    return [rows[i] for i in idx]
+
+
+def split_holdout(rows: list, holdout: int | float, seed: int) -> tuple[list, list]:
+    """Deterministic train/held-out split; ``holdout`` is a count or a fraction."""
+    n = int(round(len(rows) * holdout)) if isinstance(holdout, float) and holdout < 1 else int(holdout)
+    shuffled = sample(rows, None, seed)
+    return shuffled[n:], shuffled[:n]
+
+
+def data_hash(rows: list[dict]) -> str:
+    """sha256 over the normalised messages, so a record names exactly the data a run saw."""
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps(r["messages"], ensure_ascii=False, sort_keys=True).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def length_filter(rows: list[dict], tokenizer, max_length: int, policy: str = "truncate") -> tuple[list[dict], dict]:
+    """Count conversations longer than ``max_length`` tokens under the chat template; drop them if asked.
+
+    ``policy="truncate"`` keeps them (the trainer truncates to max_length), ``"drop"`` removes them.
+    Returns the kept rows and counts, which the run prints and records: nothing is cut silently.
+    """
+    if policy not in ("truncate", "drop"):
+        raise ValueError(f"over-length policy must be 'truncate' or 'drop', got {policy!r}")
+    kept, over = [], 0
+    for r in rows:
+        n = len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
+        if n > max_length:
+            over += 1
+            if policy == "drop":
+                continue
+        kept.append(r)
+    return kept, {"over_max_length": over, "policy": policy, "max_length": max_length, "kept": len(kept)}

@@ -1,0 +1,422 @@
+"""The shared run function behind every ``training/train_*.py`` declaration.
+
+``run(config)`` parses the command line over the declared config (every TrainConfig field is a flag), loads the
+base model (4-bit NF4 when ``load_in_4bit``), attaches a LoRA adapter (or continues the stage-1 adapter for a
+``finetome-exam`` run), trains with TRL's ``SFTTrainer`` on assistant tokens only, and leaves:
+
+    <root>/checkpoints/<run>/checkpoint-N/   resumable checkpoints (--resume continues the newest complete one)
+    <root>/models/<run>/                     the final adapter, tokenizer and run_record.json
+    <root>/training_logs/<run>.jsonl, .log   per-step loss, lr, grad norm, tokens/s and memory
+    <root>/training_logs/<run>.json          the run record: config, status, timings, memory, versions, hashes
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from training.config import REPO, TrainConfig
+
+CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
+
+
+class RunError(RuntimeError):
+    """A problem the user can fix; printed as one line, without a traceback."""
+
+
+# ----------------------------------------------------------------------------------------------- command line
+def parse_cli(config: TrainConfig, argv: list[str] | None = None) -> TrainConfig:
+    """The declared config becomes the defaults of an HfArgumentParser over the same dataclass."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(TrainConfig, description=(sys.modules["__main__"].__doc__ or "").strip() or None)
+    parser.set_defaults(**asdict(config))
+    (parsed,) = parser.parse_args_into_dataclasses(args=argv)
+    return parsed
+
+
+# ------------------------------------------------------------------------------------------------- hardware
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def hardware() -> dict:
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_bf16": bool({"avx512_bf16", "amx_bf16"} & cpu_flags()),
+        "cpu_amx": "amx_bf16" in cpu_flags(),
+        "cuda": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_count"] = torch.cuda.device_count()
+        info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    return info
+
+
+def resolve_precision(cfg: TrainConfig) -> str:
+    import torch
+
+    if cfg.precision != "auto":
+        return cfg.precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if hardware()["cpu_bf16"] else "fp32"
+
+
+def resolve_optimizer(cfg: TrainConfig) -> tuple[str, str | None]:
+    """The optimizer name and, when it differs from the original's choice, one line saying why."""
+    import torch
+
+    wanted = "paged_adamw_8bit" if cfg.load_in_4bit else "adamw_torch"
+    if cfg.optim != "auto":
+        return cfg.optim, None
+    if torch.cuda.is_available():
+        return wanted, None
+    if wanted == "paged_adamw_8bit":
+        return "adamw_torch", "optimizer adamw_torch instead of paged_adamw_8bit: paged optimizers need CUDA (bitsandbytes falls back on CPU)"
+    return wanted, None
+
+
+def set_threads(cfg: TrainConfig) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    n = cfg.threads or max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) // world)
+    torch.set_num_threads(n)
+
+
+def quantization_config(cfg: TrainConfig, compute_dtype):
+    """The only place QLoRA becomes a BitsAndBytesConfig (None for LoRA)."""
+    if not cfg.load_in_4bit:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- checkpoints
+def checkpoint_is_complete(path: Path) -> bool:
+    return path.is_dir() and all((path / f).exists() and (path / f).stat().st_size > 0 for f in CHECKPOINT_FILES)
+
+
+def find_resume_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest complete checkpoint; damaged newer ones are named and skipped. None when there is none at all."""
+    found = sorted(
+        (p for p in checkpoint_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    damaged = []
+    for path in found:
+        if checkpoint_is_complete(path):
+            for d in damaged:
+                print(f"[resume] skipping damaged checkpoint {d} (missing {', '.join(f for f in CHECKPOINT_FILES if not (d / f).exists()) or 'data'})")
+            return path
+        damaged.append(path)
+    if damaged:
+        raise RunError(
+            f"--resume: no complete checkpoint in {checkpoint_dir} ({', '.join(p.name for p in damaged)} are damaged). "
+            "Delete the folder to start over, or run without --resume."
+        )
+    return None
+
+
+# ------------------------------------------------------------------------------------------------- records
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "llama-cpp-python"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Atomic: a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def record_envelope(kind: str, name: str, config: dict) -> dict:
+    """The envelope shared by training, evaluation, export and benchmark records."""
+    return {
+        "kind": kind,
+        "name": name,
+        "status": "running",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": config,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "hardware": hardware(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+# ------------------------------------------------------------------------------------------------- data
+def load_training_rows(cfg: TrainConfig) -> tuple[list[dict], str]:
+    from training import dataset_utils as du
+
+    if cfg.data_path:
+        return du.load_conversations(cfg.data_path, strict=cfg.strict_data), cfg.data_path
+    if cfg.data == "finetome":
+        return du.load_finetome(cfg.general_data_path)
+    return du.load_conversations(du.EXAM_DATA, strict=cfg.strict_data), str(du.EXAM_DATA.relative_to(REPO))
+
+
+# ------------------------------------------------------------------------------------------------- the run
+def run(config: TrainConfig, argv: list[str] | None = None) -> Path:
+    """Parse the command line over ``config`` and train; one-line errors for problems the user can fix."""
+    from training.dataset_utils import DataError
+    from training.models import ModelUnavailable
+
+    try:
+        cfg = parse_cli(config, argv)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    try:
+        return train(cfg)
+    except (ModelUnavailable, DataError, RunError) as e:
+        sys.exit(f"error: {e}")
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train(cfg: TrainConfig) -> Path:
+    from training.models import resolve_model
+
+    embedded_script = f"python training/train_smollm2_135m_{cfg.method}_{cfg.data.replace('-', '_')}.py"
+    model_path = resolve_model(cfg.model, offline_alternative=embedded_script)
+    stage1 = cfg.stage1_adapter_dir
+    if cfg.data == "finetome-exam" and not (stage1 / "adapter_config.json").exists():
+        script = f"training/train_{cfg.stage1_name.replace('-', '_').replace('.', '_')}.py"
+        raise RunError(f"{cfg.name} continues the stage-1 adapter {stage1}, which does not exist: run python {script} first.")
+    resume_from = None
+    if cfg.resume:
+        resume_from = find_resume_checkpoint(cfg.checkpoint_dir)
+        print(f"[resume] {'continuing from ' + str(resume_from) if resume_from else 'no checkpoint yet in ' + str(cfg.checkpoint_dir) + ': starting fresh'}")
+    elif any(cfg.checkpoint_dir.glob("checkpoint-*")):
+        raise RunError(f"{cfg.checkpoint_dir} already holds checkpoints: pass --resume to continue them, or delete the folder to start over.")
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    from training import dataset_utils as du
+    from training.callbacks.logging_callback import ResourceUsageCallback
+    from training.chat_templates import template_hash, training_template
+
+    set_threads(cfg)
+    set_seed(cfg.seed)
+    precision = resolve_precision(cfg)
+    optim, optim_note = resolve_optimizer(cfg)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    if cfg.load_in_4bit and compute_dtype == torch.float32 and device == "cpu":
+        print("[train] QLoRA compute in fp32: this CPU has no bf16 support")
+    notes = [n for n in (optim_note,) if n]
+    for n in notes:
+        print(f"[train] {n}")
+
+    # Tokenizer: the model's own chat template; a pad token distinct from the end-of-turn token, so the model
+    # learns to stop (a pad=eos setup masks the very token generation must end on).
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    serving_template = tokenizer.chat_template
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        for candidate in ("<|finetune_right_pad_id|>", "<pad>", "<|endoftext|>", "<unk>"):
+            if candidate in tokenizer.get_vocab() and tokenizer.convert_tokens_to_ids(candidate) != tokenizer.eos_token_id:
+                tokenizer.pad_token = candidate
+                break
+        else:
+            raise RunError(f"{model_path}: no pad token distinct from the end-of-turn token {tokenizer.eos_token!r}")
+    train_template = training_template(tokenizer)
+
+    # Data: load, validate, sample, hold out, count over-length conversations.
+    rows, source = load_training_rows(cfg)
+    rows = du.sample(rows, cfg.num_samples, cfg.seed)
+    train_rows, eval_rows = du.split_holdout(rows, cfg.holdout, cfg.seed) if cfg.holdout else (rows, [])
+    train_rows, length_stats = du.length_filter(train_rows, tokenizer, cfg.max_length, cfg.over_length)
+    if not train_rows:
+        raise RunError(f"no training conversations left from {source} (over_length={cfg.over_length}, max_length={cfg.max_length})")
+    print(f"[data] {len(train_rows)} training conversations from {source}; {len(eval_rows)} held out; "
+          f"{length_stats['over_max_length']} over {cfg.max_length} tokens ({'truncated' if cfg.over_length == 'truncate' else 'dropped'})")
+    train_ds = Dataset.from_list([{"messages": r["messages"]} for r in train_rows])
+    eval_ds = Dataset.from_list([{"messages": r["messages"]} for r in eval_rows]) if eval_rows else None
+
+    model = build_model(cfg, model_path, compute_dtype, precision, device)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+
+    args = SFTConfig(
+        output_dir=str(cfg.checkpoint_dir),
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_ratio=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        optim=optim,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy="steps" if eval_ds is not None else "no",
+        eval_steps=cfg.save_steps if eval_ds is not None else None,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=cfg.report_to,
+        max_length=cfg.max_length,
+        assistant_only_loss=True,
+        padding_free=cfg.padding_free,
+        chat_template_path=None,
+        include_num_input_tokens_seen="non_padding",
+        ddp_find_unused_parameters=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    tokenizer.chat_template = train_template
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=[ResourceUsageCallback(cfg.log_dir, cfg.name)],
+    )
+    callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ResourceUsageCallback))
+
+    record = record_envelope("train", cfg.name, {**asdict(cfg), "run_name": cfg.name, "method": cfg.method})
+    record.update({
+        "paths": {"checkpoints": str(cfg.checkpoint_dir), "adapter": str(cfg.adapter_dir), "log": str(cfg.log_dir / f"{cfg.name}.jsonl")},
+        "model_source": str(model_path),
+        "resolved": {"precision": precision, "optimizer": optim, "device": device, "notes": notes,
+                     "world_size": int(os.environ.get("WORLD_SIZE", "1")), "resumed_from": str(resume_from) if resume_from else None},
+        "data": {"source": source, "train_conversations": len(train_rows), "held_out": len(eval_rows),
+                 "sha256": du.data_hash(train_rows), "length": length_stats},
+        "chat_template_sha256": template_hash(serving_template),
+        "training_chat_template_sha256": template_hash(train_template),
+        "parameters": {"trainable": trainable, "total": total, "trainable_pct": round(100 * trainable / total, 3)},
+    })
+    if cfg.data == "finetome-exam":
+        record["continued_from"] = str(cfg.stage1_adapter_dir)
+    if _is_main():
+        write_json(cfg.record_path, record)
+    t0 = time.time()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except BaseException as e:
+        if _is_main():
+            record.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed", error=f"{type(e).__name__}: {e}", wall_seconds=round(time.time() - t0, 2))
+            write_json(cfg.record_path, record)
+        raise
+
+    state = trainer.state
+    record.update(
+        status="completed",
+        wall_seconds=round(time.time() - t0, 2),
+        global_step=state.global_step,
+        epochs=state.epoch,
+        final_train_loss=result.training_loss,
+        last_logged_loss=next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None),
+        tokens_seen=int(state.num_input_tokens_seen),
+        resources=callback.summary(state),
+    )
+    if eval_ds is not None:
+        record["eval"] = trainer.evaluate()
+    if trainer.is_world_process_zero():
+        save_adapter(trainer, tokenizer, serving_template, cfg.adapter_dir, record)
+        write_json(cfg.record_path, record)
+        print(f"[done] adapter {cfg.adapter_dir}\n[done] record  {cfg.record_path}")
+    return cfg.adapter_dir
+
+
+def build_model(cfg: TrainConfig, model_path: str, compute_dtype, precision: str, device: str):
+    """The frozen base (full precision, bf16 on a bf16 CPU, or 4-bit NF4) with a trainable fp32 LoRA adapter."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    if cfg.load_in_4bit or device == "cuda":
+        load_dtype = compute_dtype if device == "cuda" else torch.float32
+    else:
+        load_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=load_dtype, quantization_config=quantization_config(cfg, compute_dtype), attn_implementation="sdpa",
+    )
+    model.config.use_cache = False  # padding-free batches are exact only without the KV cache
+    if cfg.data == "finetome-exam":
+        stage1 = cfg.stage1_adapter_dir
+        model = PeftModel.from_pretrained(model, stage1, is_trainable=True)
+        print(f"[train] continuing the stage-1 adapter {stage1}")
+    else:
+        model = get_peft_model(model, LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=[m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()], task_type="CAUSAL_LM",
+        ))
+    for p in model.parameters():  # adapters train in fp32 even over a bf16 or 4-bit base
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return model
+
+
+def save_adapter(trainer, tokenizer, serving_template: str, adapter_dir: Path, record: dict) -> None:
+    """Adapter, tokenizer (with the serving template) and record, renamed into place only when complete."""
+    tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(tmp)
+    tokenizer.chat_template = serving_template
+    tokenizer.save_pretrained(tmp)
+    write_json(tmp / "run_record.json", record)
+    old = adapter_dir.with_name(f".{adapter_dir.name}.old-{os.getpid()}")
+    if adapter_dir.exists():
+        os.replace(adapter_dir, old)
+    os.replace(tmp, adapter_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
