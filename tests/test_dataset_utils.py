@@ -67,13 +67,19 @@ def test_missing_file_is_named(tmp_path):
         du.load_conversations(tmp_path / "nope.jsonl")
 
 
-def test_length_filter_counts_and_drops(embedded_model_dir):
+def test_tokenize_counts_truncates_or_drops_over_length(embedded_model_dir):
     from transformers import AutoTokenizer
 
+    from training.chat_templates import training_template
+
     tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    tpl = training_template(tok)
     short = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
-    long = {"messages": [{"role": "user", "content": "word " * 600}, {"role": "assistant", "content": "a"}]}
-    kept, stats = du.length_filter([short, long, short], tok, 512, "truncate")
-    assert len(kept) == 3 and stats["over_max_length"] == 1
-    kept, stats = du.length_filter([short, long, short], tok, 512, "drop")
-    assert len(kept) == 2 and stats["over_max_length"] == 1
+    long_answer = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "word " * 600}]}
+    long_prompt = {"messages": [{"role": "user", "content": "word " * 600}, {"role": "assistant", "content": "a"}]}
+    rows, stats = du.tokenize_conversations([short, long_answer, long_prompt], tok, tpl, 512, "truncate")
+    assert stats["over_max_length"] == 2 and stats["dropped_no_assistant_tokens"] == 1  # the prompt alone fills 512
+    assert len(rows) == 2 and max(len(r["input_ids"]) for r in rows) == 512
+    assert all(len(r["input_ids"]) == len(r["assistant_masks"]) for r in rows)
+    rows, stats = du.tokenize_conversations([short, long_answer, long_prompt], tok, tpl, 512, "drop")
+    assert len(rows) == 1 and stats["over_max_length"] == 2

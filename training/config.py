@@ -44,7 +44,7 @@ class TrainConfig:
     per_device_train_batch_size: int = 4
     gradient_accumulation_steps: int = 4
     lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.03
+    warmup_steps: float = field(default=0.03, metadata={"help": "linear warmup: a step count, or a fraction of the run when below 1"})
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     optim: str = field(default="auto", metadata={"help": "auto: paged_adamw_8bit for QLoRA and adamw_torch for LoRA on CUDA; adamw_torch on CPU"})

@@ -210,20 +210,34 @@ def data_hash(rows: list[dict]) -> str:
     return h.hexdigest()
 
 
-def length_filter(rows: list[dict], tokenizer, max_length: int, policy: str = "truncate") -> tuple[list[dict], dict]:
-    """Count conversations longer than ``max_length`` tokens under the chat template; drop them if asked.
+def tokenize_conversations(rows: list[dict], tokenizer, chat_template: str, max_length: int, policy: str = "truncate"):
+    """Tokenise with a chat template that marks generations; enforce ``max_length`` by truncating or dropping.
 
-    ``policy="truncate"`` keeps them (the trainer truncates to max_length), ``"drop"`` removes them.
-    Returns the kept rows and counts, which the run prints and records: nothing is cut silently.
+    Returns ``input_ids``/``assistant_masks`` rows (the trainer turns the mask into labels: loss on assistant tokens
+    only) and counts that the run prints and records, so nothing is cut silently.
     """
     if policy not in ("truncate", "drop"):
         raise ValueError(f"over-length policy must be 'truncate' or 'drop', got {policy!r}")
-    kept, over = [], 0
+    out, over, no_target = [], 0, 0
+    lengths = []
     for r in rows:
-        n = len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
-        if n > max_length:
+        enc = tokenizer.apply_chat_template(r["messages"], chat_template=chat_template, tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
+        lengths.append(len(ids))
+        if len(ids) > max_length:
             over += 1
             if policy == "drop":
                 continue
-        kept.append(r)
-    return kept, {"over_max_length": over, "policy": policy, "max_length": max_length, "kept": len(kept)}
+            ids, mask = ids[:max_length], mask[:max_length]
+        if not any(mask):
+            no_target += 1  # truncation removed every assistant token: nothing left to learn
+            continue
+        out.append({"input_ids": ids, "assistant_masks": mask})
+    stats = {
+        "max_length": max_length, "policy": policy, "over_max_length": over, "dropped_no_assistant_tokens": no_target,
+        "kept": len(out), "tokens": sum(len(x["input_ids"]) for x in out),
+        "loss_tokens": sum(sum(x["assistant_masks"]) for x in out),
+        "mean_length": round(sum(lengths) / len(lengths), 1) if lengths else 0,
+    }
+    return out, stats

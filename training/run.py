@@ -277,13 +277,15 @@ def train(cfg: TrainConfig) -> Path:
     rows, source = load_training_rows(cfg)
     rows = du.sample(rows, cfg.num_samples, cfg.seed)
     train_rows, eval_rows = du.split_holdout(rows, cfg.holdout, cfg.seed) if cfg.holdout else (rows, [])
-    train_rows, length_stats = du.length_filter(train_rows, tokenizer, cfg.max_length, cfg.over_length)
-    if not train_rows:
+    train_data, length_stats = du.tokenize_conversations(train_rows, tokenizer, train_template, cfg.max_length, cfg.over_length)
+    eval_data, _ = du.tokenize_conversations(eval_rows, tokenizer, train_template, cfg.max_length, cfg.over_length)
+    if not train_data:
         raise RunError(f"no training conversations left from {source} (over_length={cfg.over_length}, max_length={cfg.max_length})")
-    print(f"[data] {len(train_rows)} training conversations from {source}; {len(eval_rows)} held out; "
-          f"{length_stats['over_max_length']} over {cfg.max_length} tokens ({'truncated' if cfg.over_length == 'truncate' else 'dropped'})")
-    train_ds = Dataset.from_list([{"messages": r["messages"]} for r in train_rows])
-    eval_ds = Dataset.from_list([{"messages": r["messages"]} for r in eval_rows]) if eval_rows else None
+    print(f"[data] {len(train_data)} training conversations from {source}; {len(eval_rows)} held out; "
+          f"{length_stats['over_max_length']} over {cfg.max_length} tokens ({'truncated' if cfg.over_length == 'truncate' else 'dropped'}); "
+          f"{length_stats['loss_tokens']} of {length_stats['tokens']} tokens carry loss")
+    train_ds = Dataset.from_list(train_data)
+    eval_ds = Dataset.from_list(eval_data) if eval_data else None
 
     model = build_model(cfg, model_path, compute_dtype, precision, device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -297,7 +299,7 @@ def train(cfg: TrainConfig) -> Path:
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_ratio=cfg.warmup_ratio,
+        warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         optim=optim,
@@ -312,16 +314,15 @@ def train(cfg: TrainConfig) -> Path:
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to=cfg.report_to,
-        max_length=cfg.max_length,
-        assistant_only_loss=True,
+        # Conversations arrive tokenised and truncated to max_length with their assistant masks (loss on assistant
+        # tokens only, end-of-turn token included), so TRL neither re-tokenises nor truncates.
+        max_length=None,
         padding_free=cfg.padding_free,
-        chat_template_path=None,
         include_num_input_tokens_seen="non_padding",
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
-    tokenizer.chat_template = train_template
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -338,7 +339,7 @@ def train(cfg: TrainConfig) -> Path:
         "model_source": str(model_path),
         "resolved": {"precision": precision, "optimizer": optim, "device": device, "notes": notes,
                      "world_size": int(os.environ.get("WORLD_SIZE", "1")), "resumed_from": str(resume_from) if resume_from else None},
-        "data": {"source": source, "train_conversations": len(train_rows), "held_out": len(eval_rows),
+        "data": {"source": source, "train_conversations": len(train_data), "held_out": len(eval_data),
                  "sha256": du.data_hash(train_rows), "length": length_stats},
         "chat_template_sha256": template_hash(serving_template),
         "training_chat_template_sha256": template_hash(train_template),
@@ -371,7 +372,7 @@ def train(cfg: TrainConfig) -> Path:
     if eval_ds is not None:
         record["eval"] = trainer.evaluate()
     if trainer.is_world_process_zero():
-        save_adapter(trainer, tokenizer, serving_template, cfg.adapter_dir, record)
+        save_adapter(trainer, tokenizer, cfg.adapter_dir, record)
         write_json(cfg.record_path, record)
         print(f"[done] adapter {cfg.adapter_dir}\n[done] record  {cfg.record_path}")
     return cfg.adapter_dir
@@ -406,12 +407,11 @@ def build_model(cfg: TrainConfig, model_path: str, compute_dtype, precision: str
     return model
 
 
-def save_adapter(trainer, tokenizer, serving_template: str, adapter_dir: Path, record: dict) -> None:
+def save_adapter(trainer, tokenizer, adapter_dir: Path, record: dict) -> None:
     """Adapter, tokenizer (with the serving template) and record, renamed into place only when complete."""
     tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.model.save_pretrained(tmp)
-    tokenizer.chat_template = serving_template
     tokenizer.save_pretrained(tmp)
     write_json(tmp / "run_record.json", record)
     old = adapter_dir.with_name(f".{adapter_dir.name}.old-{os.getpid()}")
