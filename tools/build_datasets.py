@@ -80,10 +80,10 @@ def format_quiz(questions: list[dict]) -> str:
 QUIZ_PROMPTS = [
     "Quiz me on {title}: {n} multiple-choice questions, please.",
     "Can you make a {n}-question multiple-choice quiz about {title}?",
-    "I want to test myself on {lower}. Give me {n} MCQs with an answer key.",
-    "Write {n} multiple-choice questions on {lower} for exam practice.",
-    "{n} quick multiple-choice questions on {lower}?",
-    "Make a short quiz ({n} questions, four options each) covering {lower}.",
+    "I want to test myself on {title}. Give me {n} MCQs with an answer key.",
+    "Write {n} multiple-choice questions on {title} for exam practice.",
+    "{n} quick multiple-choice questions on {title}?",
+    "Make a short quiz ({n} questions, four options each) covering {title}.",
 ]
 
 FEEDBACK_PROMPTS = [
@@ -113,7 +113,7 @@ PLAN_PROMPTS = [
     "My exam is on {exam}. Today is {today}. I can study about {hours} hours a week. Topics: {topics}. I'm weakest at {weak}. Make me a day-by-day plan.",
     "Plan my revision: exam on {exam}, starting {today}, {hours} h per week, covering {topics}. Weak spots: {weak}.",
     "Can you build a study schedule? Start {today}, exam {exam}, roughly {hours} hours each week. Topics are {topics}, and I struggle with {weak}.",
-    "I have {hours} hours a week until my exam on {exam} (today is {today}). I need to cover {topics}; {weak} is my weakest area. What should I do each day?",
+    "I have {hours} hours a week until my exam on {exam} (today is {today}). I need to cover {topics}, and I'm weakest at {weak}. What should I do each day?",
 ]
 
 
@@ -136,7 +136,7 @@ def quiz_rows(topic: dict, rng: random.Random) -> list[dict]:
         while words(answer) > 300 and len(questions) > 2:
             questions = questions[:-1]
             answer = format_quiz(questions)
-        prompt = rng.choice(QUIZ_PROMPTS).format(title=topic["title"], lower=topic["title"].lower(), n=len(questions))
+        prompt = rng.choice(QUIZ_PROMPTS).format(title=short_title(topic), n=len(questions))
         rows.append(conv(topic, "quiz", [prompt, answer], i))
     return rows
 
@@ -164,16 +164,27 @@ def cheat_sheet(topics: list[dict], rng: random.Random, points_per_topic: int) -
 
 def cheat_rows(topic: dict, by_id: dict, rng: random.Random) -> list[dict]:
     rows = []
-    groups = [[topic], [topic] + [by_id[r] for r in topic["related"][:1] if r in by_id]]
+    related = [by_id[r] for r in topic["related"] if r in by_id]
+    groups = [[topic], [topic] + related[:1], [topic] + related[1:2]] if len(related) > 1 else [[topic], [topic] + related[:1]]
     for i, group in enumerate(groups):
         per = 6 if len(group) == 1 else 4
         sheet = cheat_sheet(group, rng, per)
         while words(sheet) > 300 and per > 2:
             per -= 1
             sheet = cheat_sheet(group, rng, per)
-        prompt = rng.choice(CHEAT_PROMPTS).format(topics=join_titles([t["title"].lower() for t in group]))
+        prompt = rng.choice(CHEAT_PROMPTS).format(topics=join_titles([short_title(t) for t in group]))
         rows.append(conv(topic, "cheat_sheet", [prompt, sheet], i))
     return rows
+
+
+def lead(text: str, max_words: int = 45) -> str:
+    """The first sentences of a model answer, up to about ``max_words`` words."""
+    out = []
+    for sentence in re.split(r"(?<=[.!?])\s+", text.replace("\n", " ")):
+        if out and words(" ".join(out + [sentence])) > max_words:
+            break
+        out.append(sentence)
+    return " ".join(out)
 
 
 def drill(topics: list[dict], rng: random.Random) -> tuple[str, str]:
@@ -188,7 +199,7 @@ def drill(topics: list[dict], rng: random.Random) -> tuple[str, str]:
         else:
             item = rng.choice(t["qa"] if kind == "short" else t["compare"])
             qs.append(f"**Question {n}.** ({'short answer' if kind == 'short' else 'compare'}) {item['q']}")
-            key.append(f"{n}. A good answer covers: {rng.choice(t['key_points'])}")
+            key.append(f"{n}. A good answer covers: {lead(item['a'])}")
     return "\n\n".join(qs), "**What to look for**\n" + "\n".join(key)
 
 
@@ -197,7 +208,7 @@ def drill_rows(topics: list[dict], rng: random.Random, count: int) -> list[dict]
     for i in range(count):
         group = rng.sample(topics, rng.choice([3, 3, 4]))
         questions, key = drill(group, rng)
-        prompt = rng.choice(DRILL_PROMPTS).format(topics=join_titles([t["title"].lower() for t in group]))
+        prompt = rng.choice(DRILL_PROMPTS).format(topics=join_titles([short_title(t) for t in group]))
         answer = f"{questions}\n\n{key}"
         if words(answer) > 300:
             group = group[:3]
@@ -210,42 +221,43 @@ def drill_rows(topics: list[dict], rng: random.Random, count: int) -> list[dict]
     return rows
 
 
+ACTIVITIES = [
+    "read your notes, then write the key points from memory",
+    "work through a practice quiz and review every wrong answer",
+    "explain it aloud in five minutes, then check what you missed",
+    "solve two past exam questions under time pressure",
+    "draw the main diagram and annotate each component",
+    "write a one-page summary with one worked example",
+]
+
+
+def short_title(topic: dict) -> str:
+    return topic["title"].split(":")[0].split(" (")[0]
+
+
 def study_plan(topics: list[dict], weak: list[dict], start: dt.date, exam: dt.date, hours: int, rng: random.Random) -> str:
-    """A day-by-day plan that never exceeds ``hours`` per calendar week and ends with a mock exam before the exam."""
-    days = [start + dt.timedelta(d) for d in range((exam - start).days)]
-    study_days = [d for d in days if d.weekday() != 6]  # Sundays off
-    weights = {t["id"]: (2 if t in weak else 1) for t in topics}
-    order = []
-    for t in topics:
-        order += [t] * weights[t["id"]]
+    """A day-by-day plan: Sundays off, weak topics twice, a mock exam on the last day, never more than ``hours`` per
+    calendar week (the hours of each week are split evenly over its study days, in half-hour steps)."""
+    days = [start + dt.timedelta(d) for d in range((exam - start).days) if (start + dt.timedelta(d)).weekday() != 6]
+    order = list(topics) + list(weak)
     rng.shuffle(order)
-    sessions = [("learn", t) for t in order] + [("review", None)]
-    # Spread the week's hours over its study days, in half-hour steps.
-    lines, used = [], {}
-    per_day = max(0.5, round(hours / 6 * 2) / 2)
-    slots = [d for d in study_days]
-    step = max(1, len(slots) // len(sessions))
-    chosen = slots[::step][: len(sessions)]
-    if len(chosen) < len(sessions):
-        sessions = sessions[: len(chosen) - 1] + [("review", None)]
-    for day, (what, t) in zip(chosen, sessions):
-        week = day.isocalendar()[:2]
-        h = min(per_day * (1.5 if what == "review" or (t in weak) else 1), hours - used.get(week, 0))
-        if h <= 0:
-            continue
-        used[week] = used.get(week, 0) + h
-        label = f"{day.strftime('%a %d %b')} ({h:g} h)"
-        if what == "review":
-            lines.append(f"- {label}: mock exam under time pressure, then re-read your notes on {', '.join(x['title'] for x in weak)}.")
+    items = [(t, ACTIVITIES[i % len(ACTIVITIES)]) for i, t in enumerate(order)]
+    per_week: dict = {}
+    for d in days:
+        per_week[d.isocalendar()[:2]] = per_week.get(d.isocalendar()[:2], 0) + 1
+    lines, total = [], 0.0
+    for i, day in enumerate(days):
+        h = max(0.5, int(hours / per_week[day.isocalendar()[:2]] * 2) / 2)
+        total += h
+        label = f"- {day.strftime('%a %d %b')}, {h:g} h:"
+        if i == len(days) - 1:
+            lines.append(f"{label} mock exam covering every topic, then revisit {join_titles([short_title(t) for t in weak])}.")
         else:
-            point = rng.choice(t["key_points"]).rstrip(".")
-            focus = point[0].lower() + point[1:] if not point[:2].isupper() else point
-            extra = " Then redo the practice questions you got wrong." if t in weak else ""
-            lines.append(f"- {label}: {t['title']}. Focus: {focus}.{extra}")
-    total = sum(used.values())
-    weeks = len(used)
-    head = f"{len(lines)} sessions, {total:g} hours over {weeks} week{'s' if weeks > 1 else ''} (never more than {hours} h in a week), Sundays off, weak topics get extra time."
-    return head + "\n\n" + "\n".join(lines) + f"\n\nExam day, {exam.strftime('%a %d %b')}: no new material, a short warm-up only."
+            t, activity = items[i % len(items)]
+            lines.append(f"{label} {short_title(t)}: {activity}{' (weak topic)' if t in weak else ''}.")
+    head = (f"{len(days)} study days, {total:g} hours in all, at most {hours} h in any week, Sundays off. "
+            f"Weak topics appear twice; the last day is a mock exam.")
+    return head + "\n\n" + "\n".join(lines) + f"\n\nExam day ({exam.strftime('%a %d %b')}): light review only."
 
 
 def plan_rows(topics: list[dict], rng: random.Random, count: int) -> list[dict]:
@@ -254,12 +266,12 @@ def plan_rows(topics: list[dict], rng: random.Random, count: int) -> list[dict]:
         group = rng.sample(topics, rng.choice([3, 4, 5]))
         weak = rng.sample(group, rng.choice([1, 1, 2]))
         start = dt.date(2026, 1, 1) + dt.timedelta(rng.randrange(0, 330))
-        exam = start + dt.timedelta(rng.randrange(8, 22))
+        exam = start + dt.timedelta(rng.randrange(7, 15))
         hours = rng.choice([4, 5, 6, 8, 10, 12])
         answer = study_plan(group, weak, start, exam, hours, rng)
         prompt = rng.choice(PLAN_PROMPTS).format(
             exam=exam.isoformat(), today=start.isoformat(), hours=hours,
-            topics=join_titles([t["title"] for t in group]), weak=join_titles([t["title"] for t in weak]),
+            topics=join_titles([short_title(t) for t in group]), weak=join_titles([short_title(t) for t in weak]),
         )
         row = conv(group[0], "study_plan", [prompt, answer], i)
         row["id"] = f"plan-{i}"

@@ -1,14 +1,14 @@
 """Correct-by-construction conversations for stage-1 general instruction tuning (ShareGPT format).
 
-generate() returns dicts {"conversations": [...], "category": ...} in two categories:
-* list_sorting - numbers and words put in order (and regrouped), with the ordering rule explained;
-* step_by_step - discounts, unit conversions, durations and bill splits, solved step by step.
-Every number in an answer is computed here (Decimal for money and units); stdlib only. Each family returns
-(question, answer, follow-ups); about 40% of items get a follow-up turn that builds on the first answer.
-All randomness comes from random.Random(1234), so two calls return identical lists.
+generate() returns {"conversations": [...], "category": ...} dicts in two categories: list_sorting (numbers and
+words ordered or regrouped, with the rule explained) and step_by_step (discounts, unit conversions, durations and
+bill splits, solved step by step). Every number in an answer is computed here (Decimal for money and units); stdlib
+only. Each family returns (question, answer, follow-ups); about 45% of items get a follow-up turn that builds on the
+first answer. All randomness comes from random.Random(1234), so two calls return identical lists.
 """
 import random
-from decimal import ROUND_HALF_UP, Decimal as D
+from decimal import ROUND_HALF_UP
+from decimal import Decimal as D
 
 CENT, TENTH_MILLE = D("0.01"), D("0.0001")
 
@@ -37,14 +37,10 @@ WORD_Q = ("Put these {t} in alphabetical order: {x}", "Alphabetize this list for
           "Order the following words as they would appear in a dictionary: {x}", "Arrange these {t} from A to Z: {x}",
           "Sort alphabetically and point out any tricky spots: {x}",
           "In what order would these {t} appear on an alphabetical list? {x}")
-WORDS = {"fruits": "apple apricot avocado banana blackberry blueberry cherry cranberry grape grapefruit guava kiwi lemon "
-                   "lime lychee mango melon nectarine peach pear pineapple plum",
-         "animals": "badger bat bear beaver camel canary cat cheetah cobra crab crow deer dolphin donkey eagle eel falcon "
-                    "ferret hamster hare heron horse",
-         "kitchen tools": "blender bowl colander cup grater kettle knife ladle pan peeler plate pot sieve spatula spoon "
-                          "strainer tongs toaster tray whisk",
-         "countries": "Argentina Australia Austria Belgium Brazil Canada Chile China Colombia Denmark Egypt France Germany "
-                      "Ghana Greece India Indonesia Ireland Italy Japan Kenya Mexico Morocco Nepal Norway Peru"}
+WORDS = {"fruits": "apple apricot avocado banana blueberry cherry cranberry grape grapefruit lemon lime pear plum",
+         "animals": "badger bat bear beaver camel canary cat cheetah cobra crab crow deer dolphin donkey eel heron",
+         "kitchen tools": "blender bowl colander grater kettle knife ladle pan peeler pot sieve spoon tongs whisk",
+         "countries": "Argentina Australia Austria Belgium Brazil Canada Chile China Colombia Ghana Greece Peru"}
 
 def _numbers(rng):
     n, vals = rng.randint(6, 9), set()
@@ -57,8 +53,8 @@ def _numbers(rng):
              f"- Negative numbers come first, and the one farthest below zero is the smallest, so {_num(neg[0])} "
              "leads the list." if neg else "- Every value is zero or positive, so they are compared purely by size."]
     if mid:
-        lines.append(f"- Decimals sit between the whole numbers around them: {_num(s[mid[0]])} falls after "
-                     f"{_num(s[mid[0] - 1])} and before {_num(s[mid[0] + 1])}.")
+        lines.append(f"- Decimals are placed by their full value, not just the whole part: {_num(s[mid[0]])} "
+                     f"falls after {_num(s[mid[0] - 1])} and before {_num(s[mid[0] + 1])}.")
     lines.append(f"- The smallest value is {_num(s[0])} and the largest is {_num(s[-1])}, a range of "
                  f"{_num(round(s[-1] - s[0], 2))}.")
     h, tot = n // 2, round(sum(s), 2)
@@ -88,7 +84,8 @@ def _words(rng):
            "goes first." if i == min(len(a), len(b)) else f"The closest call is \"{a}\" before \"{b}\": both start "
            f"with \"{a[:i]}\", and at the next letter \"{a[i]}\" comes before \"{b[i]}\" in the alphabet.")
     ans = "Alphabetical order:\n" + "\n".join(f"{n}. {w}" for n, w in enumerate(s, 1)) + (
-        f"\n\nWords are compared letter by letter, and the first letter that differs decides. {why}")
+        f"\n\nWords are compared letter by letter, and the first letter that differs decides. {why} Of these {len(s)} "
+        f"words, \"{s[0]}\" starts the list and \"{s[-1]}\" ends it.")
     by_len, groups = sorted(s, key=lambda w: (len(w), w.lower())), {}
     for w in s:
         groups.setdefault(w[0].upper(), []).append(w)
@@ -143,7 +140,8 @@ def _disc_steps(p, r, lead=""):
     return (f"{lead}Step 1 - Find the discount: {r}% of {_usd(p)} = {_usd(p)} x {r / 100} = {_usd(cut)}.\n"
             f"Step 2 - Subtract it from the original price: {_usd(p)} - {_usd(cut)} = {_usd(p - cut)}.\n"
             f"Check: {_usd(p - cut)} + {_usd(cut)} = {_usd(p)}, the original price.\n\n"
-            f"You save **{_usd(cut)}** and pay **{_usd(p - cut)}**."), p - cut
+            f"Shortcut: multiplying by {(100 - r) / 100} (the {100 - r}% you still pay) gives the sale price directly."
+            f"\n\nYou save **{_usd(cut)}** and pay **{_usd(p - cut)}**."), p - cut
 
 def _discount(rng):
     p, r = D(rng.randint(12, 400)) - rng.choice([0, CENT, D("0.5")]), rng.choice([10, 15, 20, 25, 30, 35, 40, 50, 60])
@@ -152,8 +150,8 @@ def _discount(rng):
     tax = (new * t / 100).quantize(CENT, ROUND_HALF_UP)
     follow = [(f"And if there's {t}% sales tax on the sale price?", f"Tax is worked out on the discounted price, "
                f"{_usd(new)}.\n\nStep 1 - Tax: {t}% of {_usd(new)} = {_usd(tax)} (rounded to the cent).\nStep 2 - Add "
-               f"it: {_usd(new)} + {_usd(tax)} = {_usd(new + tax)}.\n\nThe total at the till is **{_usd(new + tax)}**."),
-              (f"What if the discount were {r2}% instead?", _disc_steps(p, r2, f"Same price, new rate of {r2}%:\n\n")[0])]
+               f"it: {_usd(new)} + {_usd(tax)} = {_usd(new + tax)}.\n\nThe total is **{_usd(new + tax)}**."),
+              (f"What if the discount were {r2}% instead?", _disc_steps(p, r2, f"New rate of {r2}%:\n\n")[0])]
     return rng.choice(DISC_Q).format(i=rng.choice(GOODS), p=_usd(p), r=r), ans, follow
 
 def _conv_steps(v, unit, back):
@@ -162,8 +160,10 @@ def _conv_steps(v, unit, back):
     res, shown = val.quantize(CENT, ROUND_HALF_UP), val.quantize(TENTH_MILLE, ROUND_HALF_UP)
     return (f"Step 1 - The exact factor: 1 {one} = {k} {b}.\nStep 2 - Going from {src} to {dst} means "
             f"{'dividing' if back else 'multiplying'} by that factor: {_num(v)} {'/' if back else 'x'} {k} "
-            f"{'=' if shown == val else '≈'} {_num(shown)}.\nStep 3 - Round to two decimals: {_num(res)}.\n\n"
-            f"{_num(v)} {src} is about **{_num(res)} {dst}**."), res
+            f"{'=' if shown == val else '≈'} {_num(shown)}.\nStep 3 - Round to two places: {res:,}.\n"
+            f"Sanity check: 1 {one} is {'more' if k > 1 else 'less'} than 1 {b[:-1]}, so the number of {dst} should be "
+            f"{'larger' if (k > 1) != back else 'smaller'} than {_num(v)}, and it is.\n\n"
+            f"{_num(v)} {src} is about **{res:,} {dst}**."), res
 
 def _convert(rng):
     unit, back = rng.choice(UNITS), rng.random() < 0.5
@@ -172,7 +172,7 @@ def _convert(rng):
     src, dst = (unit[2], unit[0]) if back else (unit[0], unit[2])
     chk = (res * unit[3] if back else res / unit[3]).quantize(TENTH_MILLE, ROUND_HALF_UP)
     follow = [("Convert the result back to check it.", f"Going back from {dst} to {src} reverses the operation: "
-               f"{_num(res)} {'x' if back else '/'} {unit[3]} ≈ {_num(chk)} (to four decimals).\n\nThat matches the "
+               f"{res:,} {'x' if back else '/'} {unit[3]} ≈ {_num(chk)} (to four decimals).\n\nThat matches the "
                f"original {_num(v)} {src}; any tiny gap comes from rounding the first result to two decimals."),
               (f"And {_num(v2)} {src}?", _conv_steps(v2, unit, back)[0])]
     return rng.choice(CONV_Q).format(v=_num(v), a=src, b=dst), ans, follow
@@ -205,7 +205,8 @@ def _bill_steps(b, p, n, lead=""):
                                f" {'over' if gap > 0 else 'under'} the total, so one person can adjust by that amount.")
     return (f"{lead}Step 1 - Tip: {p}% of {_usd(b)} = {_usd(tip)}.\nStep 2 - Total with tip: {_usd(b)} + {_usd(tip)} = "
             f"{_usd(b + tip)}.\nStep 3 - Divide by {n} people: {_usd(b + tip)} / {n} = {_usd(each)} (to the cent).\n\n"
-            f"Each person pays **{_usd(each)}**.{note}")
+            f"Each person pays **{_usd(each)}**.{note} Adding the tip before dividing means everyone covers an equal "
+            "part of both the meal and the tip.")
 
 def _bill(rng):
     b, p, n = D(rng.randint(3000, 48000)) / 100, rng.choice([10, 12, 15, 18, 20, 22, 25]), rng.randint(2, 8)
@@ -215,6 +216,13 @@ def _bill(rng):
                _bill_steps(b, p, n + 1, f"The bill and tip stay the same; only the divisor changes to {n + 1}.\n\n"))]
     return rng.choice(BILL_Q).format(b=_usd(b), p=p, n=n), _bill_steps(b, p, n), follow
 
+REPHRASE = {"Now reverse it so the largest comes first.": ("Flip it: largest to smallest.", "Reverse the order."),
+            "Which one is the median?": ("What's the median of these?", "And the median value?"),
+            "What do they add up to, and what's the average?": ("Can you give me the sum and the mean too?",),
+            "Now sort them by length, shortest first.": ("Could you order them by number of letters instead?",),
+            "Group them by first letter.": ("Can you group them by their first letter?", "Group by starting letter."),
+            "Convert the result back to check it.": ("Can you convert it back to double-check?",),
+            "Another friend just joined us. What's the new share?": ("One more person is coming. New share?",)}
 FAMILIES = ((_numbers, "list_sorting", 50), (_words, "list_sorting", 50),
             (_discount, "step_by_step", 45), (_convert, "step_by_step", 45), (_duration, "step_by_step", 45),
             (_bill, "step_by_step", 45))
@@ -226,11 +234,14 @@ def generate() -> list[dict]:
         made = 0
         while made < count:
             q, a, follow = fn(rng)
-            turns = [q, a] + (list(rng.choice(follow)) if rng.random() < 0.4 else [])
+            turns = [q, a]
+            if rng.random() < 0.45:  # add a follow-up turn, phrased one of several ways
+                fq, fa = rng.choice(follow)
+                turns += [rng.choice((fq, *REPHRASE.get(fq, ()))), fa]
             keys = {q, *turns[1::2]}  # the opening prompt and every answer must be new
             if not seen & keys:
                 seen.update(keys)
-                out.append({"category": category,
-                            "conversations": [{"from": roles[i % 2], "value": t} for i, t in enumerate(turns)]})
+                out.append({"conversations": [{"from": roles[i % 2], "value": t} for i, t in enumerate(turns)],
+                            "category": category})
                 made += 1
     return out
