@@ -241,3 +241,52 @@ def tokenize_conversations(rows: list[dict], tokenizer, chat_template: str, max_
         "mean_length": round(sum(lengths) / len(lengths), 1) if lengths else 0,
     }
     return out, stats
+
+
+# ------------------------------------------------------------------------------------------ meta-instructions
+# Prompt-writing instructions that leaked into the original project's exam prompts and, from there, into its
+# models' answers. Each pattern has a name (reported per pattern), a regex, and a replacement for cleaning.
+META_PATTERNS: list[tuple[str, str, str]] = [
+    ("briefly", r"\b[Bb]riefly (compare|explain|describe|summari[sz]e|discuss|outline|define)\b", r"\1"),
+    ("relate_it_to", r"\s*\b[Rr]elate (it|this|that|them|your answer) to\b[^.?!\n]*[.?!]?", ""),
+    ("include_example", r"\s*\b[Ii]nclude (an?|one|some|concrete) (real[- ]world |industry |practical )?(examples?|use[- ]cases?)\b[^.?!\n]*[.?!]?", ""),
+    ("answer_length", r"\s*\b(Answer|Respond|Reply|Explain) in (\d+|one|two|three|four|five|a few) (words|sentences|lines|paragraphs|bullet points)\b[^.?!\n]*[.?!]?", ""),
+    ("keep_it_short", r"\s*\b[Kk]eep (it|your answer|the answer|this) (short|brief|concise|under \d+ words)\b[^.?!\n]*[.?!]?", ""),
+    ("use_bullets", r"\s*\b[Uu]se (bullet points|a bulleted list)( in your answer)?\b[^.?!\n]*[.?!]?", ""),
+    ("as_exam_answer", r"\s*\b[Ww]rite (it|your answer) as (an|a) exam (answer|response)\b[^.?!\n]*[.?!]?", ""),
+]
+# What must never appear in a model's answer: role headers and chat-template special tokens.
+ROLE_LEAK = r"(<\|im_(start|end)\|>|<\|(start_header_id|end_header_id|eot_id|begin_of_text|end|user|assistant|system)\|>|<start_of_turn>|<end_of_turn>|^\s*(User|Assistant|System|Human)\s*:|### ?(Instruction|Response))"
+
+
+def meta_hits(text: str) -> list[str]:
+    """Names of the meta-instruction patterns found in ``text``."""
+    import re
+
+    return [name for name, pattern, _ in META_PATTERNS if re.search(pattern, text)]
+
+
+def leak_hits(text: str) -> list[str]:
+    """Meta-instruction pattern names plus ``role_or_special_token`` when a role header or special token leaked."""
+    import re
+
+    hits = meta_hits(text)
+    if re.search(ROLE_LEAK, text, flags=re.M):
+        hits.append("role_or_special_token")
+    return hits
+
+
+def strip_meta(text: str) -> tuple[str, list[str]]:
+    """Remove meta-instruction phrases; returns the cleaned text and the names of the patterns that changed it."""
+    import re
+
+    changed = []
+    for name, pattern, repl in META_PATTERNS:
+        new = re.sub(pattern, repl, text)
+        if new != text:
+            changed.append(name)
+            text = new
+    text = re.sub(r"[ \t]{2,}", " ", text).strip()
+    if text and text[0].islower():
+        text = text[0].upper() + text[1:]
+    return text, changed

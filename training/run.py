@@ -241,7 +241,7 @@ def train(cfg: TrainConfig) -> Path:
 
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers import AutoTokenizer, set_seed
     from trl import SFTConfig, SFTTrainer
 
     from training import dataset_utils as du

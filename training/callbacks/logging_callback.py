@@ -37,7 +37,7 @@ class PeakRSS:
         self.peak = max(self.peak, rss)
         return rss
 
-    def start(self) -> "PeakRSS":
+    def start(self) -> PeakRSS:
         self._thread.start()
         return self
 

@@ -1,0 +1,160 @@
+"""Shipped datasets, the builder, the cleaning tool and the data report."""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+
+import pytest
+from conftest import run_script
+
+from tools import data_report
+from training import dataset_utils as du
+
+TRAIN, TEST, GENERAL = du.EXAM_DATA, du.EXAM_TEST_DATA, du.GENERAL_DATA
+
+
+def test_builder_reproduces_the_shipped_files_byte_for_byte():
+    r = run_script("tools/build_datasets.py", "--check", timeout=300)
+    assert r.returncode == 0, r.stderr
+
+
+def test_exam_training_file_meets_the_dataset_bar():
+    rows = du.load_conversations(TRAIN)
+    assert len(rows) >= 2000
+    assert len({json.dumps(r["messages"]) for r in rows}) == len(rows)
+    finals = [r["messages"][-1]["content"] for r in rows]
+    assert len(set(finals)) >= 1800
+    near = {re.sub(r"[^a-z0-9]+", " ", a.lower()).strip() for a in finals}
+    assert 1 - len(near) / len(rows) < 0.02
+    kinds = collections.Counter(r["kind"] for r in rows)
+    for kind in ("concept", "compare", "quiz", "feedback", "cheat_sheet", "study_plan", "drill"):
+        assert kinds[kind] >= 150, kind
+    assert sum(1 for r in rows if sum(m["role"] == "user" for m in r["messages"]) >= 2) >= 200
+    assert len({t for r in rows for t in r["topic"].split(",")}) >= 60
+    for r in rows:
+        for m in r["messages"]:
+            if m["role"] == "assistant":
+                assert 40 <= len(m["content"].split()) <= 300, r["id"]
+            else:
+                assert not du.meta_hits(m["content"]), r["id"]
+    verdicts = collections.Counter(r["messages"][-1]["content"].split(".")[0] for r in rows if r["kind"] == "feedback")
+    assert set(verdicts) == {"Verdict: correct", "Verdict: partly correct", "Verdict: wrong"}
+
+
+def test_held_out_split_is_disjoint_and_covers_every_area():
+    train = du.load_conversations(TRAIN)
+    test = du.load_conversations(TEST)
+    assert len(test) >= 200
+    norm = data_report.norm
+    train_q = {norm(m["content"]) for r in train for m in r["messages"] if m["role"] == "user"}
+    assert not [r["id"] for r in test if norm(r["messages"][0]["content"]) in train_q]
+    assert all(r["key_concepts"] and r["messages"][-1]["role"] == "assistant" for r in test)
+    for r in test:
+        for c in r["key_concepts"]:
+            assert c.lower() in r["messages"][-1]["content"].lower(), (r["id"], c)
+    assert {r["area"] for r in test} == {r["area"] for r in train}
+
+
+def test_general_set_is_sharegpt_varied_and_multi_turn():
+    lines = [json.loads(x) for x in GENERAL.read_text().splitlines()]
+    assert len(lines) >= 600
+    assert all("conversations" in x and {"from", "value"} <= set(x["conversations"][0]) for x in lines)
+    rows = du.load_conversations(GENERAL)
+    multi = sum(1 for r in rows if sum(m["role"] == "user" for m in r["messages"]) >= 2)
+    assert multi / len(rows) >= 0.25
+    cats = collections.Counter(x["category"] for x in lines)
+    assert {"explanation", "summary", "email_letter", "list_sorting", "step_by_step", "tips", "rewriting"} <= set(cats)
+
+
+# ------------------------------------------------------------------ cleaning
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def conv(q, a="An answer with enough words."):
+    return {"conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+
+
+def test_clean_removes_meta_phrases_reports_them_and_is_idempotent(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [
+        conv("Briefly compare LoRA and QLoRA. Relate it to the Hopsworks lab."),
+        conv("What is a feature store? Include an example from industry."),
+        conv("Explain dropout. Answer in 3 sentences."),
+        {"conversations": [{"from": "human", "value": "Briefly explain RAG."}, {"from": "gpt", "value": "Retrieval first. Relate it to search."}]},
+        conv("What is attention?"),
+    ])
+    out = tmp_path / "out.jsonl"
+    r = run_script("tools/clean_exam_data.py", str(src), str(out))
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"briefly\s+2", r.stdout) and re.search(r"relate_it_to\s+1", r.stdout) and re.search(r"include_example\s+1", r.stdout)
+    assert "4 user turns changed" in r.stdout
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rows[0]["conversations"][0]["content"] == "Compare LoRA and QLoRA."
+    assert rows[1]["conversations"][0]["content"] == "What is a feature store?"
+    assert rows[2]["conversations"][0]["content"] == "Explain dropout."
+    assert rows[3]["conversations"][0]["value"] == "Explain RAG."
+    assert rows[3]["conversations"][1]["value"] == "Retrieval first. Relate it to search."  # answers are left alone
+    assert rows[4] == conv("What is attention?")
+    again = tmp_path / "again.jsonl"
+    r = run_script("tools/clean_exam_data.py", str(out), str(again))
+    assert "0 user turns changed" in r.stdout and again.read_text() == out.read_text()
+
+
+def test_clean_refuses_to_overwrite_its_input_and_names_bad_lines(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [conv("Briefly explain GGUF.")])
+    before = src.read_text()
+    r = run_script("tools/clean_exam_data.py", str(src), str(src))
+    assert r.returncode != 0 and "--in-place" in r.stderr and src.read_text() == before
+    r = run_script("tools/clean_exam_data.py", str(src), str(src), "--in-place")
+    assert r.returncode == 0 and "Explain GGUF." in src.read_text()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(conv("q")) + "\n{oops\n")
+    r = run_script("tools/clean_exam_data.py", str(bad), str(tmp_path / "o.jsonl"))
+    assert r.returncode != 0 and "bad.jsonl:2" in r.stderr and not (tmp_path / "o.jsonl").exists()
+
+
+# ------------------------------------------------------------------ report
+def test_report_figures_on_planted_problems(tmp_path):
+    rows = [conv(f"Question {i}?", f"Answer number {i} with details.") for i in range(10)]
+    rows += [rows[0], rows[1]]  # 2 exact duplicates
+    rows += [conv("Another?", "ANSWER number 3, with details!")]  # near-duplicate answer
+    rows += [conv("Briefly compare A and B."), conv("Explain C. Relate it to D.")]  # meta phrases
+    rows += [{"conversations": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]}]  # role order
+    rows += [{"conversations": [{"role": "user", "content": ""}, {"role": "assistant", "content": "y"}]}]  # empty turn
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    test = write_jsonl(tmp_path / "t.jsonl", [conv("question 4", "Unrelated."), conv("Fresh question?", "Fresh.")])
+    rep = data_report.report(path, test, model=None)
+    assert rep["rows"] == 17 and rep["valid_rows"] == 15
+    assert rep["unique_conversations"] == 13
+    assert rep["exact_duplicate_rate"] == round(2 / 15, 4)
+    assert rep["distinct_answers_near"] == 11  # 10 numbered answers (one near-duplicated) + the shared meta answer
+    assert rep["problems"] == {"turns do not alternate": 1, "empty content": 1}
+    assert rep["meta_instruction_rate"] == round(2 / 15, 4)
+    assert rep["meta_instruction_patterns"] == {"briefly": 1, "relate_it_to": 1}
+    assert rep["test_overlap"] == 1
+    failed = data_report.check_gates(rep, {flag: default for flag, default, _ in data_report.GATES.values()})
+    assert {f.split(" =")[0] for f in failed} >= {"exact_duplicate_rate", "role_error_rate", "empty_turn_rate", "meta_instruction_rate", "test_overlap_rate"}
+
+
+def test_report_flags_a_file_shaped_like_the_original(tmp_path):
+    answers = [f"Canned answer {i}: this text is reused over and over." for i in range(45)]
+    rows = [conv(f"Briefly compare topic {i % 331} and topic {(i + 1) % 331}.", answers[i % 331 % 45]) for i in range(6521)]
+    path = write_jsonl(tmp_path / "original_like.jsonl", rows)
+    r = run_script("tools/data_report.py", str(path), "--no-tokens", "--out", str(tmp_path / "rep.json"))
+    assert r.returncode == 1
+    assert "near_duplicate_answer_rate" in r.stdout and "distinct_answer_ratio" in r.stdout and "meta_instruction_rate" in r.stdout
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert rep["distinct_answers"] == 45 and rep["unique_conversations"] == 331
+
+
+@pytest.mark.slow
+def test_shipped_files_pass_the_report_gates(tmp_path):
+    r = run_script("tools/data_report.py", str(TRAIN), "--test", str(TEST), "--out", str(tmp_path / "train.json"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "train.png").stat().st_size > 1000
+    # multi-turn general conversations run longer; the trainer truncates the few over 512 tokens
+    r = run_script("tools/data_report.py", str(GENERAL), "--out", str(tmp_path / "general.json"), "--max-over-length", "0.08")
+    assert r.returncode == 0, r.stdout + r.stderr
