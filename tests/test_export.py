@@ -1,0 +1,107 @@
+"""GGUF export: a short-trained embedded-model adapter exported, loaded, checked; bad input; killed exports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, run_script
+
+pytestmark = pytest.mark.slow
+RUN = "smollm2-135m-lora-exam"
+
+
+@pytest.fixture(scope="module")
+def adapter_root(tmp_path_factory):
+    """A 2-step LoRA adapter of the real embedded model."""
+    root = tmp_path_factory.mktemp("export")
+    data = root / "exam.jsonl"
+    rows = [json.loads(x) for x in (REPO / "data" / "id2223_exam_prep_full.jsonl").read_text().splitlines()[:16]]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = run_script("training/train_smollm2_135m_lora_exam.py", "--data_path", str(data), "--root", str(root), "--max_steps", "2",
+                   "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--max_length", "256")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root
+
+
+@pytest.fixture(scope="module")
+def exported(adapter_root):
+    out = adapter_root / "gguf"
+    r = run_script("tools/export_to_gguf.py", str(adapter_root / "models" / RUN), "--out_dir", str(out), "--heldout_items", "6", timeout=1500)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out, r.stdout
+
+
+def test_export_writes_every_file_and_the_parity_checks_pass(exported):
+    out, stdout = exported
+    for suffix in ("f16", "q8_0", "q4_k_m", "lora"):
+        assert (out / f"{RUN}_{suffix}.gguf").stat().st_size > 1000
+    manifest = json.loads((out / f"{RUN}.manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["run"] == RUN and manifest["base_model"] == "smollm2-135m"
+    assert {"f16", "q8_0", "q4_k_m", "lora"} == set(manifest["files"])
+    assert all(len(f["sha256"]) == 64 and f["bytes"] > 0 for f in manifest["files"].values())
+    assert manifest["source_run_record"]["name"] == RUN
+    report = json.loads((out / f"{RUN}.verify.json").read_text())
+    checks = report["checks"]
+    assert report["status"] == "passed" and not checks["failures"]
+    for key in ("f16", "q8_0", "q4_k_m"):
+        c = checks["files"][key]
+        assert c["chat_template_embedded"] and c["prompt_tokens_match"] and c["answers"]
+        assert c["chat_format"] == "chat_template.default"
+        assert "ppl_drift_vs_f16_pct" in c
+    assert min(checks["files"]["f16"]["greedy_agreement_with_pytorch"]) == 32
+    assert all(checks["lora_gguf_matches_merged_f16"])
+    assert checks["files"]["q8_0"]["ppl_drift_vs_f16_pct"] < 5
+    assert "[1/7]" in stdout and "[7/7]" in stdout
+
+
+def test_quantized_files_generate_in_this_process(exported):
+    from iris.gguf_runtime import load_llama
+
+    out, _ = exported
+    for quant in ("q8_0", "q4_k_m"):
+        llm = load_llama(out / f"{RUN}_{quant}.gguf", n_ctx=256)
+        text = llm.create_chat_completion([{"role": "user", "content": "What is dropout?"}], max_tokens=12, temperature=0)["choices"][0]["message"]["content"]
+        assert text.strip(), quant
+
+
+def test_rerun_skips_current_files_and_a_changed_adapter_rebuilds(adapter_root, exported):
+    out, _ = exported
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.gguf")}
+    r = run_script("tools/export_to_gguf.py", str(adapter_root / "models" / RUN), "--out_dir", str(out), "--heldout_items", "2", timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.gguf")} == before
+    assert r.stdout.count("current, skipped") == 1
+    manifest = json.loads((out / f"{RUN}.manifest.json").read_text())
+    assert all(f["skipped"] for f in manifest["files"].values())
+
+
+def test_missing_or_corrupt_adapter_gives_one_clear_line(tmp_path):
+    r = run_script("tools/export_to_gguf.py", "no-such-run", "--out_dir", str(tmp_path))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "no adapter for 'no-such-run'" in r.stderr and "python training/train_no_such_run.py" in r.stderr
+    bad = tmp_path / "bad-adapter"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text("{}")
+    (bad / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    r = run_script("tools/export_to_gguf.py", str(bad), "--out_dir", str(tmp_path / "o"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "corrupt" in r.stderr
+
+
+def test_a_killed_export_leaves_no_final_named_partial_file(adapter_root, tmp_path):
+    out = tmp_path / "gguf"
+    proc = subprocess.Popen([sys.executable, str(REPO / "tools/export_to_gguf.py"), str(adapter_root / "models" / RUN), "--out_dir", str(out)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(out.glob(f".{RUN}_f16.gguf.partial-*")):
+        assert proc.poll() is None, "export ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / f"{RUN}_f16.gguf").exists()
+    assert not (out / f"{RUN}.manifest.json").exists()
