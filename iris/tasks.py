@@ -1,0 +1,169 @@
+"""The six tools as functions of a ``generate(messages, tool) -> str`` callable, so tests drive them with a fake model.
+
+Each returns a plain dict (what the Gradio API returns as JSON) with a ``status`` and a ``message`` that says
+honestly where the result came from: ``ok`` (the model's output parsed), ``partial`` (only some of it parsed),
+``fallback`` (the course question bank stood in), ``failed`` (nothing usable; the message says what to do).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+try:
+    from iris import logic, plan
+except ImportError:  # the Space layout: these modules sit flat beside app.py
+    import logic
+    import plan
+
+
+def _clean(raw: str) -> tuple[str, list[str]]:
+    return logic.clean_output(raw or "")
+
+
+# ----------------------------------------------------------------------------------------------------- quiz
+def run_quiz(generate, topic: str, n: int, difficulty: str, bank=None) -> dict:
+    """Ask for a quiz; re-ask once with a stricter prompt when it does not parse; then fall back honestly."""
+    attempts, flags, best = [], [], None
+    for strict in (False, True):
+        text, leaked = _clean(generate(logic.quiz_prompt(topic, n, difficulty, strict=strict), "quiz"))
+        parsed = logic.parse_quiz(text, n)
+        attempts.append({"strict": strict, "parsed": len(parsed.questions), "summary": parsed.summary()})
+        flags += leaked
+        if best is None or len(parsed.questions) > len(best.questions):
+            best = parsed
+        if parsed.complete:
+            break
+    questions = [q.to_dict() for q in best.questions]
+    result = {"topic": topic, "difficulty": difficulty, "requested": n, "attempts": attempts, "leak_flags": sorted(set(flags))}
+    if len(questions) >= n:
+        note = " (after a stricter re-ask)" if len(attempts) > 1 else ""
+        return {**result, "status": "ok", "source": "model", "questions": questions, "message": f"{len(questions)} questions from the model{note}."}
+    if questions:
+        return {**result, "status": "partial", "source": "model", "questions": questions,
+                "message": f"Only {len(questions)} of {n} questions parsed, even after a stricter re-ask; showing those {len(questions)}."}
+    banked = bank(topic, n, kinds=("mcq",)) if bank else []
+    if banked:
+        return {**result, "status": "fallback", "source": "question_bank", "questions": banked,
+                "message": f"The model's output could not be parsed as a quiz, even after a stricter re-ask. "
+                           f"Showing {len(banked)} questions on {topic} from the course question bank instead."}
+    return {**result, "status": "failed", "source": "none", "questions": [],
+            "message": f"The model's output could not be parsed as a quiz, even after a stricter re-ask, and the question bank has "
+                       f"nothing on {topic!r}. Try again, a larger model, or a course topic such as LoRA or feature stores."}
+
+
+# ------------------------------------------------------------------------------------------------- feedback
+def run_feedback(generate, question: str, answer: str) -> dict:
+    flags = []
+    for strict in (False, True):
+        text, leaked = _clean(generate(logic.feedback_prompt(question, answer, strict=strict), "feedback"))
+        flags += leaked
+        parsed = logic.parse_feedback(text)
+        if parsed["verdict"]:
+            break
+    status = "ok" if parsed["verdict"] else "partial"
+    message = "" if parsed["verdict"] else "The model gave no clear verdict, even after a re-ask; read its feedback with care."
+    return {**parsed, "status": status, "message": message, "re_asked": strict, "leak_flags": sorted(set(flags))}
+
+
+# ---------------------------------------------------------------------------------------------- cheat sheet
+def run_cheat_sheet(generate, topics: list[str], model_label: str, when: str | None = None) -> dict:
+    text, flags = _clean(generate(logic.cheat_sheet_prompt(topics), "cheat_sheet"))
+    when = when or date.today().isoformat()
+    if len(text) < 20:
+        return {"status": "failed", "topics": topics, "markdown": "", "leak_flags": flags,
+                "message": "The model returned no usable cheat sheet; try again or pick another model."}
+    return {"status": "ok", "topics": topics, "markdown": logic.cheat_sheet_markdown(topics, text, model_label, when),
+            "leak_flags": flags, "message": ""}
+
+
+# --------------------------------------------------------------------------------------------- study plan
+def run_study_plan(generate, start: date, exam: date, hours: float, topics: list[str], weak: list[str]) -> dict:
+    """The schedule comes from code; the model's draft only supplies activity texts, and its problems are reported."""
+    schedule = plan.build_schedule(start, exam, hours, topics, weak)
+    text, flags = _clean(generate(logic.study_plan_prompt(start.isoformat(), exam.isoformat(), hours, schedule.topics, schedule.weak), "study_plan"))
+    draft = plan.parse_plan_lines(text, start, schedule.topics)
+    draft_problems = plan.check_plan(draft, start, exam, hours, schedule.topics, schedule.weak) if draft else ["no plan lines could be read"]
+    used = plan.fill_activities(schedule, draft)
+    problems = plan.check_plan(schedule.days, start, exam, hours, schedule.topics, schedule.weak)
+    schedule.notes.append(
+        f"Dates, hours and topics were computed by Iris; the model wrote {used} of {len(schedule.days)} activities."
+        + (f" Its own draft was not used for the schedule: {draft_problems[0]}" + (f" (and {len(draft_problems) - 1} more problems)." if len(draft_problems) > 1 else ".")
+           if draft_problems else "")
+    )
+    if problems:  # a bug in build_schedule, never hidden
+        schedule.notes.append("Check failed: " + "; ".join(problems))
+    return {
+        "status": "ok" if not problems else "failed",
+        "days": [d.to_dict() for d in schedule.days],
+        "total_hours": sum(d.hours for d in schedule.days),
+        "topic_hours": plan.topic_hours(schedule),
+        "hours_per_week": hours,
+        "start": start.isoformat(),
+        "exam": exam.isoformat(),
+        "weak": schedule.weak,
+        "checks": problems,
+        "model_draft_problems": draft_problems,
+        "model_activities": used,
+        "markdown": plan.render_plan(schedule),
+        "leak_flags": flags,
+        "message": schedule.notes[0],
+    }
+
+
+# ---------------------------------------------------------------------------------------------- mixed drill
+def run_drill(generate, topics: list[str], n: int, bank=None) -> dict:
+    attempts, flags, best = [], [], None
+    for strict in (False, True):
+        text, leaked = _clean(generate(logic.drill_prompt(topics, n, strict=strict), "mixed_drill"))
+        parsed = logic.parse_quiz(text, n, mcq_only=False)
+        attempts.append({"strict": strict, "parsed": len(parsed.questions), "summary": parsed.summary()})
+        flags += leaked
+        if best is None or len(parsed.questions) > len(best.questions):
+            best = parsed
+        if parsed.complete:
+            break
+    questions = [q.to_dict() for q in best.questions]
+    result = {"topics": topics, "requested": n, "attempts": attempts, "leak_flags": sorted(set(flags))}
+    if len(questions) >= n:
+        return {**result, "status": "ok", "source": "model", "questions": questions, "message": f"{len(questions)} questions from the model."}
+    if questions:
+        return {**result, "status": "partial", "source": "model", "questions": questions,
+                "message": f"Only {len(questions)} of {n} questions parsed, even after a stricter re-ask; showing those {len(questions)}."}
+    banked = []
+    if bank:
+        for i in range(n):  # round-robin over topics, alternating multiple-choice and open questions
+            kinds = ("mcq",) if i % 2 == 0 else ("short answer", "compare")
+            got = bank(topics[i % len(topics)], 1, kinds=kinds, exclude=[q["text"] for q in banked])
+            banked += got
+        for i, q in enumerate(banked):
+            q["number"] = i + 1
+    if banked:
+        return {**result, "status": "fallback", "source": "question_bank", "questions": banked,
+                "message": f"The model's output could not be parsed as a drill, even after a stricter re-ask. "
+                           f"Showing {len(banked)} questions from the course question bank instead."}
+    return {**result, "status": "failed", "source": "none", "questions": [],
+            "message": "The model's output could not be parsed as a drill, even after a stricter re-ask, and the question bank has "
+                       "nothing on these topics. Try again or name course topics such as LoRA or feature stores."}
+
+
+# ----------------------------------------------------------------------------------------------------- chat
+def chat_messages(history, message: str, count, n_ctx: int, max_tokens: int) -> tuple[list[dict], int]:
+    """The prompt for one chat turn, trimmed to the context window (system prompt kept, oldest turns dropped)."""
+    budget = n_ctx - max_tokens - 8
+    return logic.trim_history(logic.SYSTEM_PROMPTS["study_chat"], logic.normalize_history(history), message, count, budget)
+
+
+def stream_chat(stream, history: list[dict], message: str, count, n_ctx: int, max_tokens: int):
+    """Yield the growing, cleaned answer; ``stream(messages, tool)`` yields text pieces as the model makes them."""
+    prompt, dropped = chat_messages(history, message, count, n_ctx, max_tokens)
+    text, pieces = "", stream(prompt, "study_chat")
+    try:
+        for piece in pieces:
+            text += piece
+            cleaned, flags = logic.clean_output(text)
+            yield cleaned, dropped, flags
+            if "next_turn_cut" in flags:  # the model started writing the student's next turn: stop there
+                break
+    finally:
+        if hasattr(pieces, "close"):
+            pieces.close()  # releases the model's lock at once, not when the generator is collected

