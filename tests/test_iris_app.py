@@ -30,7 +30,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_iris(gguf_dir: Path, log: Path, cap: int = 12):
+def start_iris(gguf_dir: Path, log: Path, cap: int = 6):
     """Launch ``python iris/app.py`` the way a user does; returns (process, url) once it answers."""
     import urllib.request
 

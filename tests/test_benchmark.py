@@ -1,0 +1,31 @@
+"""The benchmark's quick mode runs every configuration and writes the full report schema (no speed assertions)."""
+
+import json
+import math
+
+import pytest
+from conftest import run_script
+
+SUMMARY = {"train_speedup_vs_naive", "train_fraction_of_bf16_ceiling", "qlora_rss_ratio",
+           "q4km_decode_speedup_vs_torch_fp32", "q4km_decode_fraction_of_bandwidth"}
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_the_report_schema(tmp_path):
+    r = run_script("tools/benchmark.py", "--quick", "--out", str(tmp_path), timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rep = json.loads((tmp_path / "benchmark.json").read_text())
+    assert set(rep["summary"]) == SUMMARY
+    assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in rep["summary"].values())
+    assert set(rep["training"]) == {"naive", "default", "qlora"}
+    assert rep["training"]["naive"]["padding_free"] is False and rep["training"]["default"]["padding_free"] is True
+    assert rep["training"]["qlora"]["load_in_4bit"] is True
+    for t in rep["training"].values():
+        assert len(t["step_seconds"]) == t["steps"] and t["useful_tokens_per_s"] > 0 and 0 < t["padding_efficiency"] <= 1
+        assert math.isfinite(t["loss_after_k_steps"])
+    assert set(rep["inference"]) == {"torch_fp32", "torch_bf16", "gguf_f16", "gguf_q8_0", "gguf_q4_k_m"}
+    for i in rep["inference"].values():
+        assert i["repeats"] >= 3 and i["decode_tokens_per_s"] > 0 and i["weight_bytes"] > 0 and "fraction_of_bandwidth" in i
+    assert rep["ceilings"]["bandwidth_bytes_per_s"] > 0 and set(rep["ceilings"]["gemm_flops_per_s"]) == {"float32", "bfloat16"}
+    assert rep["load_average"] and rep["load_average_end"] and rep["versions"]["torch"]
+    assert (tmp_path / "benchmark.md").read_text().count("|") > 20 and (tmp_path / "benchmark.png").stat().st_size > 1000

@@ -1,0 +1,368 @@
+"""Side-by-side performance benchmark: training configurations and inference formats, against measured ceilings.
+
+    python tools/benchmark.py                       # embedded model; GGUFs from gguf_export/<run>_*.gguf
+    python tools/benchmark.py --quick --out /tmp/b  # tiny random model, seconds (what the test suite runs)
+
+Every configuration runs in its own subprocess with the same data, threads and token counts; the first steps are
+warm-up and excluded; figures are medians over --repeats (at least 3). The load average is recorded at the start and
+end, since these machines are shared. Results: evaluation_results/benchmark.json (with a top-level "summary"),
+benchmark.md and benchmark.png.
+
+Training (LoRA unless named): naive = fp32 weights, padded batches, library defaults; default = the training scripts'
+configuration (padding-free batches, bf16 where the CPU/GPU has it); qlora = the default with a 4-bit NF4 base.
+Useful tokens are the loss-carrying (assistant) tokens; padding efficiency = real tokens / tokens in the batch.
+Inference: PyTorch generate (fp32, bf16) vs llama-cpp-python F16, Q8_0, Q4_K_M, each generating a fixed number of
+tokens (end-of-turn ignored) after a fixed prompt. Ceilings: memory read bandwidth and GEMM FLOP/s (fp32, bf16) at
+the model's shapes; decode is compared with bandwidth / bytes per token, LoRA training with GEMM FLOP/s / (4 x params).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+RUN = "smollm2-135m-lora-exam"
+
+
+def median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def pctl(xs, q):
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))] if s else None
+
+
+# ------------------------------------------------------------------------------------------------ workers
+class Stamps:
+    """A generate() streamer that only records when each chunk of tokens arrives."""
+
+    def __init__(self):
+        self.times = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def worker_ceilings(args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    n = (1 << 28) if not args.quick else (1 << 22)  # 1 GiB of fp32 (16 MiB in quick mode)
+    x = torch.ones(n, dtype=torch.float32)
+    times = []
+    for _ in range(args.repeats + 1):
+        t = time.perf_counter()
+        x.sum()
+        times.append(time.perf_counter() - t)
+    bandwidth = n * 4 / median(times[1:])
+    shapes = [(512, 576, 1536), (512, 1536, 576), (512, 576, 576)] if not args.quick else [(64, 64, 64)]
+    gemm = {}
+    for dtype in ("float32", "bfloat16"):
+        rates = []
+        for m, k, nn in shapes:
+            a = torch.randn(m, k, dtype=getattr(torch, dtype))
+            b = torch.randn(k, nn, dtype=getattr(torch, dtype))
+            ts = []
+            for _ in range(args.repeats + 2):
+                t = time.perf_counter()
+                for _ in range(5):
+                    a @ b
+                ts.append((time.perf_counter() - t) / 5)
+            rates.append(2 * m * k * nn / median(ts[2:]))
+        gemm[dtype] = median(rates)
+    return {"bandwidth_bytes_per_s": bandwidth, "gemm_flops_per_s": gemm, "shapes": shapes, "buffer_bytes": n * 4}
+
+
+def worker_train(args) -> dict:
+    """K optimizer steps of one training configuration on the same conversations; per-step times after warm-up."""
+    import torch
+    from transformers import AutoTokenizer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from training import dataset_utils as du
+    from training.callbacks.logging_callback import PeakRSS
+    from training.chat_templates import training_template
+    from training.config import TrainConfig
+    from training.run import build_model, resolve_precision
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rss = PeakRSS().start()
+    naive = args.config == "naive"
+    cfg = TrainConfig(model=args.model, load_in_4bit=args.config == "qlora", padding_free=not naive, lora_dropout=0.05,
+                      precision="fp32" if naive else "auto")
+    precision = resolve_precision(cfg)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    model = build_model(cfg, args.model_path, dtype, precision, "cpu")
+    model.train()
+    tok = AutoTokenizer.from_pretrained(args.model_path)
+    rows = du.sample(du.load_conversations(args.data), args.batch * (args.steps + args.warmup), seed=0)
+    data, _ = du.tokenize_conversations(rows, tok, training_template(tok), args.max_length, "truncate")
+    pad_id = tok.convert_tokens_to_ids("<|endoftext|>") if "<|endoftext|>" in tok.get_vocab() else 0
+    collate = DataCollatorForLanguageModeling(pad_token_id=pad_id, padding_free=not naive)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    times, useful, real, total, losses = [], 0, 0, 0, []
+    for i in range(args.steps + args.warmup):
+        batch_rows = data[i * args.batch:(i + 1) * args.batch]
+        examples = [{"input_ids": r["input_ids"], "labels": [t if m else -100 for t, m in zip(r["input_ids"], r["assistant_masks"])]} for r in batch_rows]
+        batch = {k: v for k, v in collate(examples).items() if k in ("input_ids", "labels", "attention_mask", "position_ids")}
+        t = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t
+        if i >= args.warmup:
+            times.append(dt)
+            useful += int((batch["labels"][:, 1:] != -100).sum())
+            real += sum(len(r["input_ids"]) for r in batch_rows)
+            total += batch["input_ids"].numel()
+        losses.append(float(loss))
+    peak = rss.stop()
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "config": args.config, "precision": precision, "padding_free": not naive, "load_in_4bit": cfg.load_in_4bit,
+        "steps": args.steps, "warmup_steps": args.warmup, "batch": args.batch,
+        "step_seconds": times, "step_p50_s": median(times), "step_p90_s": pctl(times, 0.9),
+        "useful_tokens_per_s": useful / sum(times), "tokens_per_s": real / sum(times),
+        "padding_efficiency": real / total, "peak_rss_mb": round(peak / 2**20, 1), "parameters": params,
+        "loss_after_k_steps": losses[-1], "losses": losses,
+    }
+
+
+def worker_infer(args) -> dict:
+    """Prompt tokens/s, time to first token and decode tokens/s for a fixed prompt and a fixed number of new tokens."""
+    from training.callbacks.logging_callback import PeakRSS
+
+    rss = PeakRSS().start()
+    prompt_text = "Explain the difference between a feature pipeline, a training pipeline and an inference pipeline, with an example."
+    n_new = args.new_tokens
+    runs = []
+    if args.backend == "torch":
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(args.threads)
+        tok = AutoTokenizer.from_pretrained(args.model_path)
+        model = AutoModelForCausalLM.from_pretrained(args.model_path, dtype=getattr(torch, args.dtype)).eval()
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt_text}], add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        for _ in range(args.repeats + 1):
+            stamps = Stamps()
+            with torch.no_grad():
+                t = time.perf_counter()
+                out = model.generate(ids, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, pad_token_id=tok.eos_token_id, streamer=stamps)
+            assert out.shape[1] - ids.shape[1] == n_new
+            # stamps[0]: the prompt is handed over; stamps[1]: first new token; stamps[-1]: last new token
+            ttft = stamps.times[1] - t
+            runs.append({"ttft_s": ttft, "prompt_tokens_per_s": ids.shape[1] / ttft,
+                         "decode_tokens_per_s": (n_new - 1) / (stamps.times[-1] - stamps.times[1])})
+        prompt_len = ids.shape[1]
+    else:
+        from iris.gguf_runtime import load_llama
+
+        llm = load_llama(args.model_path, n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads)
+        ids = llm.tokenize(f"<|im_start|>user\n{prompt_text}<|im_end|>\n<|im_start|>assistant\n".encode(), add_bos=False, special=True)
+        size = Path(args.model_path).stat().st_size
+        for _ in range(args.repeats + 1):
+            llm.reset()
+            t = time.perf_counter()
+            llm.eval(ids)
+            ttft = time.perf_counter() - t
+            t = time.perf_counter()
+            n = 0
+            for _tok in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=False):
+                n += 1
+                if n >= n_new - 1:
+                    break
+            total = time.perf_counter() - t
+            runs.append({"ttft_s": ttft, "prompt_tokens_per_s": len(ids) / ttft, "decode_tokens_per_s": (n_new - 1) / total})
+        prompt_len = len(ids)
+    runs = runs[1:]  # the first repeat is warm-up
+    peak = rss.stop()
+    return {
+        "backend": args.backend, "format": args.label, "prompt_tokens": prompt_len, "new_tokens": n_new, "repeats": len(runs),
+        "ttft_s": median([r["ttft_s"] for r in runs]), "prompt_tokens_per_s": median([r["prompt_tokens_per_s"] for r in runs]),
+        "decode_tokens_per_s": median([r["decode_tokens_per_s"] for r in runs]), "runs": runs,
+        "weight_bytes": size, "peak_rss_mb": round(peak / 2**20, 1),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def spawn(kind: str, args, **extra) -> dict:
+    """One configuration in a fresh interpreter: its memory and warm-up are its own."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = f.name
+    cmd = [sys.executable, __file__, "--worker", kind, "--worker_out", out, "--threads", str(args.threads), "--repeats", str(args.repeats)]
+    if args.quick:
+        cmd.append("--quick")
+    for k, v in extra.items():
+        cmd += [f"--{k}", str(v)]
+    label = extra.get("config") or extra.get("label") or kind
+    print(f"[benchmark] {kind}: {label} ...", flush=True)
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"error: benchmark worker {kind} {label} failed (exit {r.returncode}):\n" + "\n".join(r.stderr.strip().splitlines()[-8:]))
+    result = json.loads(Path(out).read_text())
+    os.unlink(out)
+    return result
+
+
+def quick_fixture(tmp: Path) -> tuple[str, dict[str, Path]]:
+    """A tiny random Llama with the embedded tokenizer, and its GGUFs, for the quick mode."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tools.export_to_gguf import convert_f16, quantize
+    from training.models import materialize_embedded
+
+    tok = AutoTokenizer.from_pretrained(materialize_embedded())
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, tie_word_embeddings=True, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    model_dir = tmp / "tiny-llama"
+    LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    ggufs = {"f16": tmp / "tiny_f16.gguf", "q8_0": tmp / "tiny_q8_0.gguf", "q4_k_m": tmp / "tiny_q4_k_m.gguf"}
+    convert_f16(model_dir, ggufs["f16"])
+    quantize(ggufs["f16"], ggufs["q8_0"], "q8_0")
+    quantize(ggufs["f16"], ggufs["q4_k_m"], "q4_k_m")
+    return str(model_dir), ggufs
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny random model and few steps: checks the machinery in seconds")
+    ap.add_argument("--run", default=RUN, help="run whose GGUF exports are benchmarked (gguf_export/<run>_*.gguf)")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    ap.add_argument("--repeats", type=int, default=3, help="measured repeats per inference configuration (>= 3)")
+    ap.add_argument("--steps", type=int, default=6, help="measured training steps per configuration")
+    ap.add_argument("--warmup", type=int, default=1, help="training steps excluded as warm-up")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--max_length", type=int, default=512)
+    ap.add_argument("--new_tokens", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=REPO / "evaluation_results", help="folder for benchmark.json/.md/.png")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--worker_out", help=argparse.SUPPRESS)
+    for hidden in ("config", "model", "model_path", "data", "backend", "dtype", "label"):
+        ap.add_argument(f"--{hidden}", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        args.steps, args.warmup, args.batch, args.max_length, args.new_tokens = map(int, (args.steps, args.warmup, args.batch, args.max_length, args.new_tokens))
+        fn = {"ceilings": worker_ceilings, "train": worker_train, "infer": worker_infer}[args.worker]
+        Path(args.worker_out).write_text(json.dumps(fn(args)))
+        return 0
+    if args.repeats < 3:
+        sys.exit("error: --repeats must be at least 3 (medians of at least 3 repeats)")
+
+    from training.run import record_envelope, write_json
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    if args.quick:
+        args.steps, args.new_tokens, args.max_length = 2, 8, 128
+        model_path, ggufs = quick_fixture(tmp)
+    else:
+        from training.models import materialize_embedded
+
+        model_path = str(materialize_embedded())
+        ggufs = {q: REPO / "gguf_export" / f"{args.run}_{q}.gguf" for q in ("f16", "q8_0", "q4_k_m")}
+        missing = [str(p) for p in ggufs.values() if not p.exists()]
+        if missing:
+            sys.exit(f"error: missing {', '.join(missing)}: run python tools/export_to_gguf.py {args.run} first (or the demo, python tools/demo.py)")
+    data = REPO / "data" / "id2223_exam_prep_full.jsonl"
+    report = record_envelope("benchmark", "benchmark", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("worker")})
+    report["model"] = model_path
+    report["ceilings"] = spawn("ceilings", args)
+    common = dict(model=model_path, model_path=model_path, data=data, steps=args.steps, warmup=args.warmup, batch=args.batch, max_length=args.max_length)
+    report["training"] = {c: spawn("train", args, config=c, **common) for c in ("naive", "default", "qlora")}
+    infer = dict(new_tokens=args.new_tokens)
+    report["inference"] = {
+        "torch_fp32": spawn("infer", args, backend="torch", dtype="float32", model_path=model_path, label="torch_fp32", **infer),
+        "torch_bf16": spawn("infer", args, backend="torch", dtype="bfloat16", model_path=model_path, label="torch_bf16", **infer),
+        **{f"gguf_{q}": spawn("infer", args, backend="gguf", model_path=p, label=f"gguf_{q}", **infer) for q, p in ggufs.items()},
+    }
+    report["load_average_end"] = os.getloadavg()
+    fill_fractions(report)
+    report["status"] = "completed"
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "benchmark.json", report)
+    (args.out / "benchmark.md").write_text(markdown(report))
+    plot(report, args.out / "benchmark.png")
+    print(markdown(report))
+    return 0
+
+
+def fill_fractions(report: dict) -> None:
+    c, t, inf = report["ceilings"], report["training"], report["inference"]
+    params = t["default"]["parameters"]
+    for cfg in t.values():
+        cfg["fraction_of_fp32_ceiling"] = cfg["tokens_per_s"] / (c["gemm_flops_per_s"]["float32"] / (4 * params))
+        cfg["fraction_of_bf16_ceiling"] = cfg["tokens_per_s"] / (c["gemm_flops_per_s"]["bfloat16"] / (4 * params))
+    for r in inf.values():
+        r["decode_ceiling_tokens_per_s"] = c["bandwidth_bytes_per_s"] / r["weight_bytes"]
+        r["fraction_of_bandwidth"] = r["decode_tokens_per_s"] / r["decode_ceiling_tokens_per_s"]
+    report["summary"] = {
+        "train_speedup_vs_naive": t["default"]["useful_tokens_per_s"] / t["naive"]["useful_tokens_per_s"],
+        "train_fraction_of_bf16_ceiling": t["default"]["fraction_of_bf16_ceiling"],
+        "qlora_rss_ratio": t["qlora"]["peak_rss_mb"] / t["default"]["peak_rss_mb"],
+        "q4km_decode_speedup_vs_torch_fp32": inf["gguf_q4_k_m"]["decode_tokens_per_s"] / inf["torch_fp32"]["decode_tokens_per_s"],
+        "q4km_decode_fraction_of_bandwidth": inf["gguf_q4_k_m"]["fraction_of_bandwidth"],
+    }
+
+
+def markdown(report: dict) -> str:
+    c, t, inf, s = report["ceilings"], report["training"], report["inference"], report["summary"]
+    lines = [
+        f"# Benchmark ({'quick, tiny model' if report['config']['quick'] else report['model']})",
+        "",
+        f"Threads {report['config']['threads']}, load average at start {report['load_average']}, at end {report['load_average_end']}. "
+        f"Ceilings: read bandwidth {c['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, GEMM fp32 {c['gemm_flops_per_s']['float32'] / 1e9:.0f} GFLOP/s, "
+        f"bf16 {c['gemm_flops_per_s']['bfloat16'] / 1e9:.0f} GFLOP/s.",
+        "",
+        "| training | precision | padding-free | useful tok/s | tok/s | padding eff. | step p50 s | step p90 s | peak RSS MB | loss after K | of bf16 ceiling |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, r in t.items():
+        lines.append(f"| {name} | {r['precision']}{' + NF4' if r['load_in_4bit'] else ''} | {r['padding_free']} | {r['useful_tokens_per_s']:.1f} | {r['tokens_per_s']:.1f} | "
+                     f"{r['padding_efficiency']:.2f} | {r['step_p50_s']:.2f} | {r['step_p90_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['loss_after_k_steps']:.3f} | {r['fraction_of_bf16_ceiling']:.1%} |")
+    lines += ["", "| inference | prompt tok/s | decode tok/s | TTFT s | peak RSS MB | weights MB | of bandwidth ceiling |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in inf.items():
+        lines.append(f"| {name} | {r['prompt_tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.1f} | {r['ttft_s']:.3f} | {r['peak_rss_mb']:.0f} | {r['weight_bytes'] / 2**20:.0f} | {r['fraction_of_bandwidth']:.1%} |")
+    lines += ["", "Summary: " + ", ".join(f"`{k}` = {v:.3f}" for k, v in s.items()), ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t, inf = report["training"], report["inference"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.bar(list(t), [r["useful_tokens_per_s"] for r in t.values()], color="#4c72b0")
+    a.set_title("training: useful (loss) tokens/s", fontsize=10)
+    b.bar(list(inf), [r["decode_tokens_per_s"] for r in inf.values()], color="#55a868")
+    b.set_title("inference: decode tokens/s", fontsize=10)
+    b.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
