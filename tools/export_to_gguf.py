@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from training.models import sha256_file as sha256
 from training.run import REPO, record_envelope, write_json
 
 QUANTS = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
@@ -58,14 +59,6 @@ class ExportError(RuntimeError):
 def step(n: int, total: int, text: str) -> float:
     print(f"[{n}/{total}] {text} ...", flush=True)
     return time.time()
-
-
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tmp_name(path: Path) -> Path:
@@ -366,7 +359,7 @@ def remove_stale_partials(out_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
-def export(target: str, quants: list[str], out_dir: Path, verify_only: bool = False, items: int = 20) -> Path:
+def export(target: str, quants: list[str], out_dir: Path, verify_only: bool = False, items: int = 20, stop_budget: int = 320) -> Path:
     from training.models import resolve_model
 
     adapter, record, run = resolve_adapter(target)
@@ -441,9 +434,17 @@ def export(target: str, quants: list[str], out_dir: Path, verify_only: bool = Fa
         write_json(manifest_path, manifest)
 
     t = step(total, total, "verify every file")
-    checks = verify(run, out_dir, merged_dir, manifest, items=items)
+    verify_path = out_dir / f"{run}.verify.json"
+    previous = json.loads(verify_path.read_text()) if verify_path.exists() else {}
+    if (not verify_only and all(f.get("skipped") for f in manifest["files"].values())
+            and previous.get("status") == "passed" and previous.get("config", {}).get("inputs_sha") == inputs):
+        print("    current, skipped (--verify-only re-runs the checks)")
+        manifest["status"], manifest["verification"] = "completed", old.get("verification")
+        write_json(manifest_path, manifest)
+        return manifest_path
+    checks = verify(run, out_dir, merged_dir, manifest, items=items, stop_budget=stop_budget)
     checks["seconds"] = round(time.time() - t, 1)
-    report = record_envelope("export_verify", run, {"manifest": str(manifest_path), "heldout_items": items})
+    report = record_envelope("export_verify", run, {"manifest": str(manifest_path), "heldout_items": items, "inputs_sha": manifest["inputs_sha"]})
     report.update(status="passed" if checks["passed"] else "failed", checks=checks)
     write_json(out_dir / f"{run}.verify.json", report)
     manifest["status"] = "completed" if checks["passed"] else "verification_failed"
@@ -474,6 +475,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out_dir", type=Path, default=REPO / "gguf_export")
     ap.add_argument("--verify-only", action="store_true", help="only re-run the checks on the exported files")
     ap.add_argument("--heldout_items", type=int, default=20, help="held-out exam items for the perplexity drift (default 20)")
+    ap.add_argument("--stop_budget", type=int, default=320, help="tokens a greedy answer may take to end by itself (default 320)")
     args = ap.parse_args(argv)
     quants = [q.strip().lower() for q in args.quants.split(",") if q.strip()]
     unknown = [q for q in quants if q not in QUANTS]
@@ -482,7 +484,7 @@ def main(argv=None) -> int:
     from training.models import ModelUnavailable
 
     try:
-        path = export(args.target, quants, args.out_dir, args.verify_only, args.heldout_items)
+        path = export(args.target, quants, args.out_dir, args.verify_only, args.heldout_items, args.stop_budget)
     except (ExportError, ModelUnavailable) as e:
         sys.exit(f"error: {e}")
     print(f"manifest: {path}")

@@ -71,7 +71,7 @@ def embedded_gguf() -> Path:
     return found[0]
 
 
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -89,7 +89,7 @@ def materialize_embedded(dest: Path | None = None) -> Path:
     gguf = embedded_gguf()
     marker = dest / "materialized.json"
     with _file_lock(dest.parent / f".{dest.name}.lock"):
-        source_hash = _sha256(gguf)
+        source_hash = sha256_file(gguf)
         if marker.exists():
             try:
                 if json.loads(marker.read_text()).get("source_sha256") == source_hash:
