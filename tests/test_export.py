@@ -70,7 +70,7 @@ def test_quantized_files_generate_in_this_process(exported):
         assert text.strip(), quant
 
 
-def test_rerun_skips_current_files_and_a_changed_adapter_rebuilds(adapter_root, exported):
+def test_rerun_skips_current_files(adapter_root, exported):
     out, _ = exported
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.gguf")}
     r = run_script("tools/export_to_gguf.py", str(adapter_root / "models" / RUN), "--out_dir", str(out), "--heldout_items", "2", "--stop_budget", "200", timeout=900)
@@ -114,3 +114,20 @@ def test_test_gguf_answers_a_prompt_with_tokens_per_second(exported):
     assert "tok/s" in r.stdout and "first token" in r.stdout
     r = run_script("test_gguf.py", str(out / "missing.gguf"))
     assert r.returncode != 0 and "no such GGUF file" in r.stderr
+
+
+def test_a_changed_adapter_changes_the_fingerprint(adapter_root, tmp_path):
+    import shutil
+
+    from tools.export_to_gguf import fingerprint
+    from training.models import materialize_embedded
+
+    base = str(materialize_embedded())
+    copy = tmp_path / "adapter"
+    shutil.copytree(adapter_root / "models" / RUN, copy)
+    before = fingerprint(copy, base, ["q8_0"])
+    assert fingerprint(copy, base, ["q8_0"]) == before
+    data = bytearray((copy / "adapter_model.safetensors").read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    (copy / "adapter_model.safetensors").write_bytes(bytes(data))
+    assert fingerprint(copy, base, ["q8_0"]) != before

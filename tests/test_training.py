@@ -140,8 +140,8 @@ def adapter_tensors(root: Path, run: str) -> dict:
 
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_model_dir, exam_file, tmp_path):
-    # Long enough (120 tiny steps) that the kill lands mid-run, after the first few checkpoints.
-    steps = ["--max_steps", "120", "--save_steps", "4"]
+    # Long enough (60 tiny steps) that the kill lands mid-run, after the first few checkpoints.
+    steps = ["--max_steps", "60", "--save_steps", "4"]
     whole = tmp_path / "whole"
     r = run_script("training/train_smollm2_135m_lora_exam.py", *tiny_args(tiny_model_dir, exam_file, whole, *steps))
     assert r.returncode == 0, r.stderr[-3000:]
