@@ -9,7 +9,7 @@ from dataclasses import replace
 from training.config import STAGE1
 from training.run import run
 
-CONFIG = replace(STAGE1, model="phi-3-3b")
+CONFIG = replace(STAGE1, model="phi-3-3b", lora_target_modules="qkv_proj,o_proj,gate_up_proj,down_proj")  # Phi-3 fuses q/k/v and gate/up
 
 if __name__ == "__main__":
     run(CONFIG)
