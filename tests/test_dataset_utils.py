@@ -83,3 +83,17 @@ def test_tokenize_counts_truncates_or_drops_over_length(embedded_model_dir):
     assert all(len(r["input_ids"]) == len(r["assistant_masks"]) for r in rows)
     rows, stats = du.tokenize_conversations([short, long_answer, long_prompt], tok, tpl, 512, "drop")
     assert len(rows) == 1 and stats["over_max_length"] == 2
+
+
+def test_finetome_falls_back_to_the_shipped_set_without_a_download(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty-cache"))
+    t = time.time()
+    rows, source = du.load_finetome()
+    assert time.time() - t < 30  # cache only: no download retries
+    assert len(rows) >= 600 and "general_instructions.jsonl" in source and "not cached" in source
+    share = tmp_path / "share.jsonl"
+    share.write_text(json.dumps({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}) + "\n")
+    rows, source = du.load_finetome(str(share))
+    assert len(rows) == 1 and source == f"local ShareGPT file {share}"

@@ -165,8 +165,15 @@ def load_finetome(local_path: str | None = None) -> tuple[list[dict], str]:
         return rows, f"local ShareGPT file {p}"
     try:
         import datasets
+        import huggingface_hub.constants as hub_constants
 
-        ds = datasets.load_dataset(FINETOME_ID, split="train", download_mode="reuse_cache_if_exists")
+        # Cache only: never start a download (and its retries) from a training script.
+        saved = datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
+        datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+        try:
+            ds = datasets.load_dataset(FINETOME_ID, split="train")
+        finally:
+            datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
         rows = []
         for i, row in enumerate(ds):
             reason, detail = _problem(row)
