@@ -86,12 +86,9 @@ def test_tokenize_counts_truncates_or_drops_over_length(embedded_model_dir):
 
 
 def test_finetome_falls_back_to_the_shipped_set_without_a_download(tmp_path, monkeypatch):
-    import time
-
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty-cache"))
-    t = time.time()
     rows, source = du.load_finetome()
-    assert time.time() - t < 30  # cache only: no download retries
+    assert "OfflineModeIsEnabled" in source  # cache only: the hub is never asked, so no download retries
     assert len(rows) >= 600 and "general_instructions.jsonl" in source and "not cached" in source
     share = tmp_path / "share.jsonl"
     share.write_text(json.dumps({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}) + "\n")
