@@ -254,9 +254,9 @@ def train(cfg: TrainConfig) -> Path:
     optim, optim_note = resolve_optimizer(cfg)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    notes = [optim_note] if optim_note else []
     if cfg.load_in_4bit and compute_dtype == torch.float32 and device == "cpu":
-        print("[train] QLoRA compute in fp32: this CPU has no bf16 support")
-    notes = [n for n in (optim_note,) if n]
+        notes.append("QLoRA compute in fp32 instead of bf16: this CPU has no bf16 support")
     for n in notes:
         print(f"[train] {n}")
 
