@@ -21,18 +21,27 @@ def _clean(raw: str) -> tuple[str, list[str]]:
 
 
 # ----------------------------------------------------------------------------------------------------- quiz
-def run_quiz(generate, topic: str, n: int, difficulty: str, bank=None) -> dict:
-    """Ask for a quiz; re-ask once with a stricter prompt when it does not parse; then fall back honestly."""
+def _ask_for_questions(generate, prompt, tool: str, n: int, mcq_only: bool):
+    """Ask once, and once more with the stricter prompt when the answer does not parse into n questions.
+
+    Returns the better parse, one summary per attempt, and the leak flags of both answers.
+    """
     attempts, flags, best = [], [], None
     for strict in (False, True):
-        text, leaked = _clean(generate(logic.quiz_prompt(topic, n, difficulty, strict=strict), "quiz"))
-        parsed = logic.parse_quiz(text, n)
+        text, leaked = _clean(generate(prompt(strict), tool))
+        parsed = logic.parse_quiz(text, n, mcq_only=mcq_only)
         attempts.append({"strict": strict, "parsed": len(parsed.questions), "summary": parsed.summary()})
         flags += leaked
         if best is None or len(parsed.questions) > len(best.questions):
             best = parsed
         if parsed.complete:
             break
+    return best, attempts, flags
+
+
+def run_quiz(generate, topic: str, n: int, difficulty: str, bank=None) -> dict:
+    """Ask for a quiz; re-ask once with a stricter prompt when it does not parse; then fall back honestly."""
+    best, attempts, flags = _ask_for_questions(generate, lambda strict: logic.quiz_prompt(topic, n, difficulty, strict=strict), "quiz", n, True)
     questions = [q.to_dict() for q in best.questions]
     result = {"topic": topic, "difficulty": difficulty, "requested": n, "attempts": attempts, "leak_flags": sorted(set(flags))}
     if len(questions) >= n:
@@ -112,16 +121,7 @@ def run_study_plan(generate, start: date, exam: date, hours: float, topics: list
 
 # ---------------------------------------------------------------------------------------------- mixed drill
 def run_drill(generate, topics: list[str], n: int, bank=None) -> dict:
-    attempts, flags, best = [], [], None
-    for strict in (False, True):
-        text, leaked = _clean(generate(logic.drill_prompt(topics, n, strict=strict), "mixed_drill"))
-        parsed = logic.parse_quiz(text, n, mcq_only=False)
-        attempts.append({"strict": strict, "parsed": len(parsed.questions), "summary": parsed.summary()})
-        flags += leaked
-        if best is None or len(parsed.questions) > len(best.questions):
-            best = parsed
-        if parsed.complete:
-            break
+    best, attempts, flags = _ask_for_questions(generate, lambda strict: logic.drill_prompt(topics, n, strict=strict), "mixed_drill", n, False)
     questions = [q.to_dict() for q in best.questions]
     result = {"topics": topics, "requested": n, "attempts": attempts, "leak_flags": sorted(set(flags))}
     if len(questions) >= n:
