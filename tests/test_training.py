@@ -117,6 +117,52 @@ def test_assistant_tokens_only_and_end_of_turn_is_learned(embedded_model_dir):
     assert tok.apply_chat_template(msgs, tokenize=False) == tok.apply_chat_template(msgs, chat_template=training_template(tok), tokenize=False)
 
 
+def test_packed_attention_equals_each_conversation_alone(tiny_model_dir):
+    """packed_sdpa on one padding-free row == the library's SDPA on each conversation by itself (logits and grads)."""
+    from transformers import AutoModelForCausalLM
+
+    import training.packed_attention as pa
+
+    torch.manual_seed(0)
+    packed = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=pa.NAME, dtype=torch.float32)
+    alone = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.float32)
+    lengths = [7, 13, 5]
+    seqs = [torch.randint(10, 1000, (n,)) for n in lengths]
+    ids = torch.cat(seqs)[None]
+    pos = torch.cat([torch.arange(n) for n in lengths])[None]
+    out = packed(input_ids=ids, position_ids=pos, use_cache=False).logits
+    out.pow(2).mean().backward()
+    ref = torch.cat([alone(input_ids=s[None], use_cache=False).logits for s in seqs], dim=1)
+    ref.pow(2).mean().backward()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    g, g_ref = packed.model.layers[0].self_attn.q_proj.weight.grad, alone.model.layers[0].self_attn.q_proj.weight.grad
+    torch.testing.assert_close(g, g_ref, atol=1e-6, rtol=1e-4)
+
+    # Not a packed row: a padded batch with a mask, and cached decoding, take the library's path unchanged.
+    assert pa.segment_starts(pos, 25, 25) == [0, 7, 20]
+    assert pa.segment_starts(torch.arange(25)[None], 25, 25) is None
+    assert pa.segment_starts(torch.tensor([[24]]), 1, 25) is None
+    batch = torch.stack([torch.cat([seqs[1]]), torch.cat([seqs[0], torch.zeros(6, dtype=torch.long)])])
+    mask = torch.tensor([[1] * 13, [1] * 7 + [0] * 6])
+    a = packed(input_ids=batch, attention_mask=mask).logits
+    b = alone(input_ids=batch, attention_mask=mask).logits
+    torch.testing.assert_close(a, b)
+
+
+def test_activation_checkpointing_follows_the_method(tiny_model_dir):
+    from training.run import build_model
+
+    assert TrainConfig(load_in_4bit=True).checkpointing and not TrainConfig().checkpointing
+    assert TrainConfig(activation_checkpointing="on").checkpointing
+    assert not TrainConfig(load_in_4bit=True, activation_checkpointing="off").checkpointing
+    with pytest.raises(ValueError, match="activation_checkpointing"):
+        TrainConfig(activation_checkpointing="yes")
+    lora = build_model(TrainConfig(model=str(tiny_model_dir)), str(tiny_model_dir), torch.float32, "fp32", "cpu")
+    ckpt = build_model(TrainConfig(model=str(tiny_model_dir), activation_checkpointing="on"), str(tiny_model_dir), torch.float32, "fp32", "cpu")
+    assert not lora.get_base_model().is_activation_checkpointing and ckpt.get_base_model().is_activation_checkpointing
+    assert lora.get_base_model().config._attn_implementation == "packed_sdpa"
+
+
 def test_qlora_builds_4bit_layers_and_trains(tiny_model_dir, exam_file, tmp_path):
     import bitsandbytes as bnb
 

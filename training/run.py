@@ -303,6 +303,8 @@ def train(cfg: TrainConfig) -> Path:
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         optim=optim,
+        # TRL defaults to activation checkpointing; build_model applies cfg.checkpointing instead (on for QLoRA).
+        activation_checkpointing=False,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         logging_steps=cfg.logging_steps,
@@ -338,6 +340,7 @@ def train(cfg: TrainConfig) -> Path:
         "paths": {"checkpoints": str(cfg.checkpoint_dir), "adapter": str(cfg.adapter_dir), "log": str(cfg.log_dir / f"{cfg.name}.jsonl")},
         "model_source": str(model_path),
         "resolved": {"precision": precision, "optimizer": optim, "device": device, "notes": notes,
+                     "activation_checkpointing": cfg.checkpointing, "attention": model.config._attn_implementation,
                      "world_size": int(os.environ.get("WORLD_SIZE", "1")), "resumed_from": str(resume_from) if resume_from else None},
         "data": {"source": source, "train_conversations": len(train_data), "held_out": len(eval_data),
                  "sha256": du.data_hash(train_rows), "length": length_stats},
@@ -378,8 +381,10 @@ def train(cfg: TrainConfig) -> Path:
     return cfg.adapter_dir
 
 
-def build_model(cfg: TrainConfig, model_path: str, compute_dtype, precision: str, device: str):
-    """The frozen base (full precision, bf16 on a bf16 CPU, or 4-bit NF4) with a trainable fp32 LoRA adapter."""
+def build_model(cfg: TrainConfig, model_path: str, compute_dtype, precision: str, device: str, attn_implementation: str | None = None):
+    """The frozen base (full precision, bf16 on a bf16 CPU, or 4-bit NF4) with a trainable fp32 LoRA adapter.
+
+    Attention is ``packed_sdpa`` (per-conversation causal SDPA in padding-free batches) unless named otherwise."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -388,8 +393,11 @@ def build_model(cfg: TrainConfig, model_path: str, compute_dtype, precision: str
         load_dtype = compute_dtype if device == "cuda" else torch.float32
     else:
         load_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    from training import packed_attention
+
     model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=load_dtype, quantization_config=quantization_config(cfg, compute_dtype), attn_implementation="sdpa",
+        model_path, dtype=load_dtype, quantization_config=quantization_config(cfg, compute_dtype),
+        attn_implementation=attn_implementation or packed_attention.NAME,
     )
     model.config.use_cache = False  # padding-free batches are exact only without the KV cache
     if cfg.data == "finetome-exam":
@@ -404,6 +412,8 @@ def build_model(cfg: TrainConfig, model_path: str, compute_dtype, precision: str
     for p in model.parameters():  # adapters train in fp32 even over a bf16 or 4-bit base
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
+    if cfg.checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
