@@ -25,7 +25,7 @@ def verdict(report: dict) -> dict:
     """Is every exam-tuned model above the base on concept coverage and held-out perplexity?"""
     out = {}
     for r in report["comparison"].get("rows", []):
-        if r["label"].endswith("-exam"):
+        if "-exam" in r["label"]:  # exam-only, finetome-exam, and named variants such as the demo run
             out[r["label"]] = {"coverage_above_base": (r["coverage_delta"] or 0) > 0, "perplexity_below_base": (r["perplexity_delta"] or 0) < 0}
     return out
 

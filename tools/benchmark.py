@@ -2,6 +2,7 @@
 
     python tools/benchmark.py                       # embedded model; GGUFs from gguf_export/<run>_*.gguf
     python tools/benchmark.py --quick --out /tmp/b  # tiny random model, seconds (what the test suite runs)
+    python tools/benchmark.py --profile default     # where one training step's time goes (torch profiler)
 
 Every configuration runs in its own subprocess with the same data, threads and token counts; the first steps are
 warm-up and excluded; figures are medians over --repeats (at least 3). The load average is recorded at the start and
@@ -98,25 +99,21 @@ CONFIGS = {
 }
 
 
-def worker_train(args) -> dict:
-    """K optimizer steps of one training configuration on the same conversations; per-step times after warm-up.
-
-    The model, attention, activation checkpointing and loss are those of the trainer: training.run.build_model, and
-    TRL's fused LM head with the outputs SFTTrainer asks of it."""
+def training_setup(args):
+    """One training configuration as the trainer builds it: training.run.build_model, and TRL's fused LM head with
+    the outputs SFTTrainer asks of it. Returns (cfg, precision, model, optimizer, step, batches)."""
     import torch
     from transformers import AutoTokenizer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
     from trl.trainer.utils import add_fused_lm_head
 
     from training import dataset_utils as du
-    from training.callbacks.logging_callback import PeakRSS
     from training.chat_templates import training_template
     from training.config import TrainConfig
     from training.run import build_model, resolve_precision
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    rss = PeakRSS().start()
     overrides, attention = CONFIGS[args.config]
     cfg = TrainConfig(model=args.model, lora_dropout=0.05, **overrides)
     precision = resolve_precision(cfg)
@@ -130,36 +127,65 @@ def worker_train(args) -> dict:
     pad_id = tok.convert_tokens_to_ids("<|endoftext|>") if "<|endoftext|>" in tok.get_vocab() else 0
     collate = DataCollatorForLanguageModeling(pad_token_id=pad_id, padding_free=cfg.padding_free)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
-    times, useful, real, total, losses = [], 0, 0, 0, []
+    batches = []
     for i in range(args.steps + args.warmup):
         batch_rows = data[i * args.batch:(i + 1) * args.batch]
         examples = [{"input_ids": r["input_ids"], "labels": [t if m else -100 for t, m in zip(r["input_ids"], r["assistant_masks"])]} for r in batch_rows]
         batch = {k: v for k, v in collate(examples).items() if k in ("input_ids", "labels", "attention_mask", "position_ids")}
-        t = time.perf_counter()
+        batches.append((batch, sum(len(r["input_ids"]) for r in batch_rows)))
+
+    def step(batch) -> float:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = model(**batch, use_cache=False, fused_lm_head=True)
             loss = -out.log_probs.sum() / out.label_mask.sum().clamp(min=1)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return float(loss)
+
+    return cfg, precision, model, step, batches
+
+
+def worker_train(args) -> dict:
+    """K optimizer steps of one training configuration on the same conversations; per-step times after warm-up."""
+    from training.callbacks.logging_callback import PeakRSS
+
+    rss = PeakRSS().start()
+    cfg, precision, model, step, batches = training_setup(args)
+    times, useful, real, total, losses = [], 0, 0, 0, []
+    for i, (batch, n_real) in enumerate(batches):
+        t = time.perf_counter()
+        losses.append(step(batch))
         dt = time.perf_counter() - t
         if i >= args.warmup:
             times.append(dt)
             useful += int((batch["labels"][:, 1:] != -100).sum())
-            real += sum(len(r["input_ids"]) for r in batch_rows)
+            real += n_real
             total += batch["input_ids"].numel()
-        losses.append(float(loss))
     peak = rss.stop()
     params = sum(p.numel() for p in model.parameters())
     return {
         "config": args.config, "precision": precision, "padding_free": cfg.padding_free, "load_in_4bit": cfg.load_in_4bit,
-        "activation_checkpointing": cfg.checkpointing, "attention": attention or "packed_sdpa",
+        "activation_checkpointing": cfg.checkpointing, "attention": CONFIGS[args.config][1] or "packed_sdpa",
         "steps": args.steps, "warmup_steps": args.warmup, "batch": args.batch,
         "step_seconds": times, "step_p50_s": median(times), "step_p90_s": pctl(times, 0.9),
         "useful_tokens_per_s": useful / sum(times), "tokens_per_s": real / sum(times),
         "padding_efficiency": real / total, "peak_rss_mb": round(peak / 2**20, 1), "parameters": params,
         "loss_after_k_steps": losses[-1], "losses": losses,
     }
+
+
+def profile_training(args) -> None:
+    """Where one training step of a configuration spends its time: torch.profiler's top operators, after a warm-up step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    args.steps, args.warmup = 1, 1
+    _, _, _, step, batches = training_setup(args)
+    step(batches[0][0])
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(batches[1][0])
+    print(f"[benchmark] profile of one {args.config} step ({batches[1][1]} tokens, batch {args.batch}, {args.threads} threads):")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18))
 
 
 def worker_infer(args) -> dict:
@@ -273,6 +299,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--max_length", type=int, default=512)
     ap.add_argument("--new_tokens", type=int, default=64)
+    ap.add_argument("--profile", choices=list(CONFIGS), help="instead of the benchmark: profile one training step of this configuration")
     ap.add_argument("--out", type=Path, default=REPO / "evaluation_results", help="folder for benchmark.json/.md/.png")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker_out", help=argparse.SUPPRESS)
@@ -283,6 +310,13 @@ def main(argv=None) -> int:
         args.steps, args.warmup, args.batch, args.max_length, args.new_tokens = map(int, (args.steps, args.warmup, args.batch, args.max_length, args.new_tokens))
         fn = {"ceilings": worker_ceilings, "train": worker_train, "infer": worker_infer}[args.worker]
         Path(args.worker_out).write_text(json.dumps(fn(args)))
+        return 0
+    if args.profile:
+        from training.models import materialize_embedded
+
+        args.config, args.model = args.profile, "smollm2-135m"
+        args.model_path, args.data = str(materialize_embedded()), REPO / "data" / "id2223_exam_prep_full.jsonl"
+        profile_training(args)
         return 0
     if args.repeats < 3:
         sys.exit("error: --repeats must be at least 3 (medians of at least 3 repeats)")
@@ -300,7 +334,7 @@ def main(argv=None) -> int:
         ggufs = {q: REPO / "gguf_export" / f"{args.run}_{q}.gguf" for q in ("f16", "q8_0", "q4_k_m")}
         missing = [str(p) for p in ggufs.values() if not p.exists()]
         if missing:
-            sys.exit(f"error: missing {', '.join(missing)}: run python tools/export_to_gguf.py {args.run} first (or the demo, python tools/demo.py)")
+            sys.exit(f"error: missing {', '.join(missing)}: run python tools/export_to_gguf.py {args.run} first (the demo, python tools/demo.py, exports smollm2-135m-lora-exam-demo: pass --run smollm2-135m-lora-exam-demo)")
     data = REPO / "data" / "id2223_exam_prep_full.jsonl"
     report = record_envelope("benchmark", "benchmark", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("worker")})
     report["model"] = model_path

@@ -20,7 +20,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-RUN = "smollm2-135m-lora-exam"
+SCRIPT = "training/train_smollm2_135m_lora_exam.py"
+RUN = "smollm2-135m-lora-exam-demo"  # its own run, so the demo never touches the full exam run's adapter or reports
 PY = sys.executable
 
 
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
 
     adapter = REPO / "models" / RUN
     record = REPO / "training_logs" / f"{RUN}.json"
-    eval_report = REPO / "evaluation_results" / "eval_domain.json"
+    eval_report = REPO / "evaluation_results" / "demo_eval_domain.json"
     manifest = REPO / "gguf_export" / f"{RUN}.manifest.json"
     data = REPO / "data" / "id2223_exam_prep_full.jsonl"
     total, times = 6, {}
@@ -87,11 +88,11 @@ def main(argv=None) -> int:
                                  newer(report, data))
         trained = record.exists() and json.loads(record.read_text()).get("status") == "completed" and (adapter / "adapter_model.safetensors").exists()
         times["train"] = run_step(3, total, f"short LoRA fine-tune on the exam data ({args.train_steps} steps x 4 conversations)",
-                                  [PY, f"training/train_{RUN.replace('-', '_')}.py", "--max_steps", str(args.train_steps),
+                                  [PY, SCRIPT, "--run_name", RUN, "--max_steps", str(args.train_steps),
                                    "--gradient_accumulation_steps", "1", "--logging_steps", "2", "--save_steps", str(max(args.train_steps // 2, 1)),
                                    *([] if not (REPO / "checkpoints" / RUN).exists() else ["--resume"])], trained)
         times["eval"] = run_step(4, total, "evaluate base vs tuned on held-out exam questions",
-                                 [PY, "evaluation/eval_domain.py", "base:smollm2-135m", RUN, "--limit", str(args.eval_items),
+                                 [PY, "evaluation/eval_domain.py", "base:smollm2-135m", RUN, "--out", str(eval_report), "--limit", str(args.eval_items),
                                   "--ppl_limit", str(args.ppl_items), "--max_new_tokens", str(args.max_new_tokens), "--prompts", "none"],
                                  newer(eval_report, adapter / "adapter_model.safetensors"))
         times["export"] = run_step(5, total, "export to GGUF F16/Q8_0/Q4_K_M and verify", [PY, "tools/export_to_gguf.py", RUN], False)
