@@ -107,6 +107,9 @@ class ResourceUsageCallback(TrainerCallback):
         # Baselines are taken after a resume has restored global_step and the token count.
         self._t, self._tokens, self._step = time.perf_counter(), state.num_input_tokens_seen, state.global_step
         self.train_start, self.tokens_at_start = self._t, state.num_input_tokens_seen
+        if state.global_step == 0 and state.is_world_process_zero:  # a fresh run starts fresh logs; a resumed one appends
+            for f in (self.jsonl, self.text):
+                f.unlink(missing_ok=True)
         self._write(state, {"event": "train_begin", "step": state.global_step, "time": time.time(), "resumed": state.global_step > 0})
 
     def on_log(self, args, state, control, logs=None, **kw):
