@@ -113,11 +113,28 @@ def _no_extra_bufts():
             lib.llama_model_default_params = original
 
 
+def default_threads() -> int:
+    """Physical cores this process may run on (llama-cpp-python's own default is half the logical CPUs: one thread on
+    a 2-core machine without SMT)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or available
+    except ImportError:
+        physical = available
+    return max(1, min(available, physical))
+
+
 def load_llama(model_path: str | os.PathLike, **kwargs):
-    """``llama_cpp.Llama`` that will not crash on this machine; ``verbose=False`` unless given."""
+    """``llama_cpp.Llama`` that will not crash on this machine; ``verbose=False`` and all physical cores unless given."""
     from llama_cpp import Llama
 
     kwargs.setdefault("verbose", False)
+    if kwargs.get("n_threads") is None:
+        kwargs["n_threads"] = default_threads()
+    if kwargs.get("n_threads_batch") is None:
+        kwargs["n_threads_batch"] = kwargs["n_threads"]
     safe = not verdict()["repack"]
     with _no_extra_bufts() if safe else contextlib.nullcontext():
         llm = Llama(model_path=str(model_path), **kwargs)

@@ -115,6 +115,7 @@ def training_setup(args):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     overrides, attention = CONFIGS[args.config]
+    attention = getattr(args, "attention", None) or attention
     cfg = TrainConfig(model=args.model, lora_dropout=0.05, **overrides)
     precision = resolve_precision(cfg)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
@@ -184,7 +185,8 @@ def profile_training(args) -> None:
     step(batches[0][0])
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step(batches[1][0])
-    print(f"[benchmark] profile of one {args.config} step ({batches[1][1]} tokens, batch {args.batch}, {args.threads} threads):")
+    print(f"[benchmark] profile of one {args.config} step ({batches[1][1]} tokens, batch {args.batch}, {args.threads} threads"
+          f"{', attention ' + args.attention if args.attention else ''}):")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18))
 
 
@@ -300,6 +302,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max_length", type=int, default=512)
     ap.add_argument("--new_tokens", type=int, default=64)
     ap.add_argument("--profile", choices=list(CONFIGS), help="instead of the benchmark: profile one training step of this configuration")
+    ap.add_argument("--attention", help="with --profile: another attention implementation (e.g. sdpa, the library's masked path)")
     ap.add_argument("--out", type=Path, default=REPO / "evaluation_results", help="folder for benchmark.json/.md/.png")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker_out", help=argparse.SUPPRESS)
