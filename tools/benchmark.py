@@ -142,7 +142,7 @@ def training_setup(args):
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     return cfg, precision, model, step, batches
 

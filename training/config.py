@@ -51,7 +51,7 @@ class TrainConfig:
     precision: str = field(default="auto", metadata={"help": "auto | bf16 | fp16 | fp32 (auto: bf16 where the GPU/CPU supports it)"})
     padding_free: bool = field(default=True, metadata={"help": "concatenate a batch without padding (exact: position_ids rebuild the causal mask)"})
     activation_checkpointing: str = field(default="auto", metadata={"help": "auto | on | off: recompute activations in the backward pass "
-                                        "(auto: on for QLoRA, whose point is memory; off for LoRA, about a third faster)"})
+                                        "(auto: on for QLoRA, whose point is memory; off for LoRA, faster)"})
     threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: physical cores)"})
     seed: int = 42
 
