@@ -101,7 +101,8 @@ CONFIGS = {
 
 def training_setup(args):
     """One training configuration as the trainer builds it: training.run.build_model, and TRL's fused LM head with
-    the outputs SFTTrainer asks of it. Returns (cfg, precision, model, optimizer, step, batches)."""
+    the outputs SFTTrainer asks of it. Returns (cfg, precision, model, step, batches); step(batch) runs one optimizer
+    step and returns its loss."""
     import torch
     from transformers import AutoTokenizer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
@@ -167,7 +168,7 @@ def worker_train(args) -> dict:
     params = sum(p.numel() for p in model.parameters())
     return {
         "config": args.config, "precision": precision, "padding_free": cfg.padding_free, "load_in_4bit": cfg.load_in_4bit,
-        "activation_checkpointing": cfg.checkpointing, "attention": CONFIGS[args.config][1] or "packed_sdpa",
+        "activation_checkpointing": cfg.checkpointing, "attention": model.get_base_model().config._attn_implementation,
         "steps": args.steps, "warmup_steps": args.warmup, "batch": args.batch,
         "step_seconds": times, "step_p50_s": median(times), "step_p90_s": pctl(times, 0.9),
         "useful_tokens_per_s": useful / sum(times), "tokens_per_s": real / sum(times),
