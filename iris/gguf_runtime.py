@@ -127,10 +127,13 @@ def default_threads() -> int:
 
 
 def load_llama(model_path: str | os.PathLike, **kwargs):
-    """``llama_cpp.Llama`` that will not crash on this machine; ``verbose=False`` and all physical cores unless given."""
+    """``llama_cpp.Llama`` that will not crash on this machine; unless given: ``verbose=False``, all physical cores, and
+    flash attention (llama.cpp's own default is "auto"; llama-cpp-python's is off: on the 135M model it costs about a
+    tenth of the decode speed, ``python tools/benchmark.py`` measures both)."""
     from llama_cpp import Llama
 
     kwargs.setdefault("verbose", False)
+    kwargs.setdefault("flash_attn", True)
     if kwargs.get("n_threads") is None:
         kwargs["n_threads"] = default_threads()
     if kwargs.get("n_threads_batch") is None:

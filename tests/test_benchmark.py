@@ -18,7 +18,8 @@ def test_quick_benchmark_writes_the_report_schema(tmp_path):
     assert set(rep["summary"]) == SUMMARY
     assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in rep["summary"].values())
     t = rep["training"]
-    assert set(t) == {"naive", "default", "lora_ckpt", "qlora"}
+    assert set(t) == {"naive", "default", "lora_ckpt", "qlora", "no_dropout"}
+    assert t["naive"]["lm_head"] == "chunked" and t["default"]["lm_head"] == "full" and t["qlora"]["lm_head"] == "chunked"
     assert t["naive"]["padding_free"] is False and t["default"]["padding_free"] is True
     assert t["naive"]["attention"] == "sdpa" and t["default"]["attention"] == "packed_sdpa"
     assert t["naive"]["activation_checkpointing"] and not t["default"]["activation_checkpointing"] and t["lora_ckpt"]["activation_checkpointing"]
@@ -27,7 +28,9 @@ def test_quick_benchmark_writes_the_report_schema(tmp_path):
     for t in rep["training"].values():
         assert len(t["step_seconds"]) == t["steps"] and t["useful_tokens_per_s"] > 0 and 0 < t["padding_efficiency"] <= 1
         assert math.isfinite(t["loss_after_k_steps"])
-    assert set(rep["inference"]) == {"torch_fp32", "torch_bf16", "gguf_f16", "gguf_q8_0", "gguf_q4_k_m"}
+    assert set(rep["inference"]) == {"torch_fp32", "torch_bf16", "gguf_f16", "gguf_q8_0", "gguf_q4_k_m", "gguf_q4_k_m_no_flash_attn"}
+    assert rep["inference"]["gguf_q4_k_m"]["flash_attn"] and not rep["inference"]["gguf_q4_k_m_no_flash_attn"]["flash_attn"]
+    assert "Q8_0" in rep["inference"]["gguf_q8_0"]["weight_types_mb"] and rep["details"]["flash_attn_decode_speedup"] > 0
     for i in rep["inference"].values():
         assert i["repeats"] >= 3 and i["decode_tokens_per_s"] > 0 and i["weight_bytes"] > 0 and "fraction_of_bandwidth" in i
     assert rep["ceilings"]["bandwidth_bytes_per_s"] > 0 and set(rep["ceilings"]["gemm_flops_per_s"]) == {"float32", "bfloat16"}

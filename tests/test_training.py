@@ -163,6 +163,46 @@ def test_activation_checkpointing_follows_the_method(tiny_model_dir):
     assert lora.get_base_model().config._attn_implementation == "packed_sdpa"
 
 
+def test_full_lm_head_equals_trls_fused_head(tiny_model_dir):
+    """lm_head=full gives TRL's fused-head outputs (log-probs, entropy, top-1, loss) and the same LoRA gradients."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    from training.lm_head import resolve_lm_head
+    from training.run import apply_lm_head, build_model
+
+    assert resolve_lm_head("auto", "cpu", checkpointing=False) == "full"
+    assert resolve_lm_head("auto", "cpu", checkpointing=True) == "chunked" and resolve_lm_head("auto", "cuda", False) == "chunked"
+    with pytest.raises(ValueError, match="lm_head"):
+        TrainConfig(lm_head="fast")
+    outs, grads = {}, {}
+    for choice in ("chunked", "full"):
+        torch.manual_seed(0)
+        cfg = TrainConfig(model=str(tiny_model_dir), lm_head=choice, lora_dropout=0.0)
+        model = build_model(cfg, str(tiny_model_dir), torch.float32, "fp32", "cpu")
+        for name, p in model.named_parameters():  # LoRA B starts at zero: give the adapter a non-trivial state
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(1))
+        add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "is_top1"))
+        assert apply_lm_head(cfg, model, "cpu") == choice
+        torch.manual_seed(1)
+        ids = torch.randint(10, 1000, (1, 30))
+        labels = ids.clone()
+        labels[0, :8] = -100  # a prompt
+        labels[0, 17:21] = -100
+        out = model(input_ids=ids, labels=labels, position_ids=torch.cat([torch.arange(15), torch.arange(15)])[None], fused_lm_head=True)
+        out.loss.backward()
+        outs[choice] = out
+        grads[choice] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    a, b = outs["chunked"], outs["full"]
+    torch.testing.assert_close(b.loss, a.loss)
+    torch.testing.assert_close(b.log_probs, a.log_probs)
+    torch.testing.assert_close(b.entropy, a.entropy.detach())
+    assert torch.equal(b.is_top1, a.is_top1) and torch.equal(b.label_mask, a.label_mask)
+    assert b.log_probs[0, :7].abs().sum() == 0 and b.label_mask.sum() == 29 - 7 - 4
+    for name, g in grads["chunked"].items():
+        torch.testing.assert_close(grads["full"][name], g, atol=1e-6, rtol=1e-4)
+
+
 def test_qlora_builds_4bit_layers_and_trains(tiny_model_dir, exam_file, tmp_path):
     import bitsandbytes as bnb
 

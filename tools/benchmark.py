@@ -12,11 +12,13 @@ benchmark.md and benchmark.png.
 Training (LoRA unless named), all through training.run.build_model and TRL's fused LM head as in the trainer:
 naive = SFTTrainer's defaults (fp32, padded batches, SDPA with a mask, activation checkpointing on); default = the
 training scripts' configuration (padding-free batches with per-conversation attention, no activation checkpointing,
-bf16 where the CPU/GPU has it); lora_ckpt = default plus activation checkpointing; qlora = the QLoRA scripts'
-configuration (4-bit NF4 base, activation checkpointing on).
+on CPU the loss positions' logits at once instead of TRL's chunked head, bf16 where the CPU/GPU has it); lora_ckpt = default plus activation checkpointing; qlora = the QLoRA scripts'
+configuration (4-bit NF4 base, activation checkpointing on); no_dropout = default with lora_dropout 0 (what the
+LoRA dropout masks cost; the recipe keeps the original's 0.05).
 Useful tokens are the loss-carrying (assistant) tokens; padding efficiency = real tokens / tokens in the batch.
-Inference: PyTorch generate (fp32, bf16) vs llama-cpp-python F16, Q8_0, Q4_K_M, each generating a fixed number of
-tokens (end-of-turn ignored) after a fixed prompt. Ceilings: memory read bandwidth and GEMM FLOP/s (fp32, bf16) at
+Inference: PyTorch generate (fp32, bf16) vs llama-cpp-python F16, Q8_0, Q4_K_M (flash attention on, as Iris loads
+them; Q4_K_M once more with it off), each generating a fixed number of tokens (end-of-turn ignored) after a fixed
+prompt, greedy; decode tokens/s = (tokens - 1) / (time of the last token - time of the first). Ceilings: memory read bandwidth and GEMM FLOP/s (fp32, bf16) at
 the model's shapes; decode is compared with bandwidth / bytes per token, LoRA training with GEMM FLOP/s / (4 x params).
 """
 
@@ -92,10 +94,11 @@ def worker_ceilings(args) -> dict:
 
 CONFIGS = {
     # name: (TrainConfig overrides, attention implementation or None for the project's default)
-    "naive": (dict(padding_free=False, precision="fp32", activation_checkpointing="on"), "sdpa"),  # SFTTrainer's defaults
+    "naive": (dict(padding_free=False, precision="fp32", activation_checkpointing="on", lm_head="chunked"), "sdpa"),  # SFTTrainer's defaults
     "default": ({}, None),  # the training scripts' configuration
     "lora_ckpt": (dict(activation_checkpointing="on"), None),  # the default plus activation checkpointing, QLoRA's memory setting
     "qlora": (dict(load_in_4bit=True), None),
+    "no_dropout": (dict(lora_dropout=0.0), None),  # the default with lora_dropout 0: a recipe change, measured, not adopted
 }
 
 
@@ -111,17 +114,20 @@ def training_setup(args):
     from training import dataset_utils as du
     from training.chat_templates import training_template
     from training.config import TrainConfig
-    from training.run import build_model, resolve_precision
+    from training.run import apply_lm_head, build_model, resolve_precision
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     overrides, attention = CONFIGS[args.config]
     attention = getattr(args, "attention", None) or attention
-    cfg = TrainConfig(model=args.model, lora_dropout=0.05, **overrides)
+    if getattr(args, "lm_head", None):
+        overrides = {**overrides, "lm_head": args.lm_head}
+    cfg = TrainConfig(model=args.model, **overrides)
     precision = resolve_precision(cfg)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     model = build_model(cfg, args.model_path, dtype, precision, "cpu", attn_implementation=attention)
     add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "is_top1"))
+    cfg.resolved_lm_head = apply_lm_head(cfg, model, "cpu")
     model.train()
     tok = AutoTokenizer.from_pretrained(args.model_path)
     rows = du.sample(du.load_conversations(args.data), args.batch * (args.steps + args.warmup), seed=0)
@@ -168,7 +174,8 @@ def worker_train(args) -> dict:
     params = sum(p.numel() for p in model.parameters())
     return {
         "config": args.config, "precision": precision, "padding_free": cfg.padding_free, "load_in_4bit": cfg.load_in_4bit,
-        "activation_checkpointing": cfg.checkpointing, "attention": model.get_base_model().config._attn_implementation,
+        "activation_checkpointing": cfg.checkpointing, "attention": model.get_base_model().config._attn_implementation, "lm_head": cfg.resolved_lm_head,
+        "lora_dropout": cfg.lora_dropout,
         "steps": args.steps, "warmup_steps": args.warmup, "batch": args.batch,
         "step_seconds": times, "step_p50_s": median(times), "step_p90_s": pctl(times, 0.9),
         "useful_tokens_per_s": useful / sum(times), "tokens_per_s": real / sum(times),
@@ -187,7 +194,7 @@ def profile_training(args) -> None:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step(batches[1][0])
     print(f"[benchmark] profile of one {args.config} step ({batches[1][1]} tokens, batch {args.batch}, {args.threads} threads"
-          f"{', attention ' + args.attention if args.attention else ''}):")
+          f"{', attention ' + args.attention if args.attention else ''}{', lm_head ' + args.lm_head if args.lm_head else ''}):")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18))
 
 
@@ -222,22 +229,21 @@ def worker_infer(args) -> dict:
     else:
         from iris.gguf_runtime import load_llama
 
-        llm = load_llama(args.model_path, n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads)
+        llm = load_llama(args.model_path, n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads, flash_attn=args.flash_attn == "1")
         ids = llm.tokenize(f"<|im_start|>user\n{prompt_text}<|im_end|>\n<|im_start|>assistant\n".encode(), add_bos=False, special=True)
         size = Path(args.model_path).stat().st_size
         for _ in range(args.repeats + 1):
             llm.reset()
+            stamps = []
             t = time.perf_counter()
-            llm.eval(ids)
-            ttft = time.perf_counter() - t
-            t = time.perf_counter()
-            n = 0
-            for _tok in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=False):
-                n += 1
-                if n >= n_new - 1:
+            # generate() evaluates the prompt, then yields each token as it is sampled: the same stamps as the streamer
+            # above (a token is yielded before it is fed back, as generate() in transformers returns it unfed)
+            for _tok in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0):
+                stamps.append(time.perf_counter())
+                if len(stamps) == n_new:
                     break
-            total = time.perf_counter() - t
-            runs.append({"ttft_s": ttft, "prompt_tokens_per_s": len(ids) / ttft, "decode_tokens_per_s": (n_new - 1) / total})
+            ttft = stamps[0] - t
+            runs.append({"ttft_s": ttft, "prompt_tokens_per_s": len(ids) / ttft, "decode_tokens_per_s": (n_new - 1) / (stamps[-1] - stamps[0])})
         prompt_len = len(ids)
     runs = runs[1:]  # the first repeat is warm-up
     peak = rss.stop()
@@ -246,7 +252,19 @@ def worker_infer(args) -> dict:
         "ttft_s": median([r["ttft_s"] for r in runs]), "prompt_tokens_per_s": median([r["prompt_tokens_per_s"] for r in runs]),
         "decode_tokens_per_s": median([r["decode_tokens_per_s"] for r in runs]), "runs": runs,
         "weight_bytes": size, "peak_rss_mb": round(peak / 2**20, 1),
+        **({"flash_attn": args.flash_attn == "1", "weight_types_mb": gguf_weight_types(args.model_path)} if args.backend == "gguf" else {}),
     }
+
+
+def gguf_weight_types(path) -> dict[str, float]:
+    """MB of weights per storage type: a "Q4_K_M" file of a model whose rows are not a multiple of 256 wide (SmolLM2:
+    576) holds mostly Q5_0/Q8_0 fallbacks, which is what its decode speed measures."""
+    from gguf import GGUFReader
+
+    sizes: dict[str, float] = {}
+    for t in GGUFReader(path).tensors:
+        sizes[t.tensor_type.name] = sizes.get(t.tensor_type.name, 0.0) + int(t.n_bytes) / 1e6
+    return {k: round(v, 1) for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])}
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -304,10 +322,11 @@ def main(argv=None) -> int:
     ap.add_argument("--new_tokens", type=int, default=64)
     ap.add_argument("--profile", choices=list(CONFIGS), help="instead of the benchmark: profile one training step of this configuration")
     ap.add_argument("--attention", help="with --profile: another attention implementation (e.g. sdpa, the library's masked path)")
+    ap.add_argument("--lm_head", choices=["full", "chunked"], help="with --profile: another loss head (chunked: TRL's fused head)")
     ap.add_argument("--out", type=Path, default=REPO / "evaluation_results", help="folder for benchmark.json/.md/.png")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker_out", help=argparse.SUPPRESS)
-    for hidden in ("config", "model", "model_path", "data", "backend", "dtype", "label"):
+    for hidden in ("config", "model", "model_path", "data", "backend", "dtype", "label", "flash_attn"):
         ap.add_argument(f"--{hidden}", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -349,7 +368,9 @@ def main(argv=None) -> int:
     report["inference"] = {
         "torch_fp32": spawn("infer", args, backend="torch", dtype="float32", model_path=model_path, label="torch_fp32", **infer),
         "torch_bf16": spawn("infer", args, backend="torch", dtype="bfloat16", model_path=model_path, label="torch_bf16", **infer),
-        **{f"gguf_{q}": spawn("infer", args, backend="gguf", model_path=p, label=f"gguf_{q}", **infer) for q, p in ggufs.items()},
+        **{f"gguf_{q}": spawn("infer", args, backend="gguf", model_path=p, label=f"gguf_{q}", flash_attn=1, **infer) for q, p in ggufs.items()},
+        # llama-cpp-python's own default (iris.gguf_runtime.load_llama turns flash attention on)
+        "gguf_q4_k_m_no_flash_attn": spawn("infer", args, backend="gguf", model_path=ggufs["q4_k_m"], label="gguf_q4_k_m_no_flash_attn", flash_attn=0, **infer),
     }
     report["load_average_end"] = os.getloadavg()
     fill_fractions(report)
@@ -382,7 +403,9 @@ def fill_fractions(report: dict) -> None:
         "qlora_rss_ratio_vs_lora_with_checkpointing": t["qlora"]["peak_rss_mb"] / t["lora_ckpt"]["peak_rss_mb"],
         "checkpointing_rss_ratio": t["lora_ckpt"]["peak_rss_mb"] / t["default"]["peak_rss_mb"],
         "checkpointing_speed_ratio": t["lora_ckpt"]["useful_tokens_per_s"] / t["default"]["useful_tokens_per_s"],
+        "no_dropout_speedup": t["no_dropout"]["useful_tokens_per_s"] / t["default"]["useful_tokens_per_s"],
         "train_fraction_of_fp32_ceiling": t["default"]["fraction_of_fp32_ceiling"],
+        "flash_attn_decode_speedup": inf["gguf_q4_k_m"]["decode_tokens_per_s"] / inf["gguf_q4_k_m_no_flash_attn"]["decode_tokens_per_s"],
         "loss_after_k_spread": max(r["loss_after_k_steps"] for r in t.values()) - min(r["loss_after_k_steps"] for r in t.values()),
     }
     notes = report.setdefault("notes", [])
@@ -400,16 +423,20 @@ def markdown(report: dict) -> str:
         f"Ceilings: read bandwidth {c['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, GEMM fp32 {c['gemm_flops_per_s']['float32'] / 1e9:.0f} GFLOP/s, "
         f"bf16 {c['gemm_flops_per_s']['bfloat16'] / 1e9:.0f} GFLOP/s.",
         "",
-        "| training | precision | padding-free | attention | act. ckpt | useful tok/s | tok/s | padding eff. | step p50 s | step p90 s | peak RSS MB | loss after K | of fp32 ceiling | of bf16 ceiling |",
-        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| training | precision | padding-free | attention | act. ckpt | LM head | LoRA dropout | useful tok/s | tok/s | padding eff. | step p50 s | step p90 s "
+        "| peak RSS MB | loss after K | of fp32 ceiling | of bf16 ceiling |",
+        "| --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, r in t.items():
-        lines.append(f"| {name} | {r['precision']}{' + NF4' if r['load_in_4bit'] else ''} | {r['padding_free']} | {r['attention']} | {r['activation_checkpointing']} | "
+        lines.append(f"| {name} | {r['precision']}{' + NF4' if r['load_in_4bit'] else ''} | {r['padding_free']} | {r['attention']} | {r['activation_checkpointing']} | {r['lm_head']} | {r['lora_dropout']} | "
                      f"{r['useful_tokens_per_s']:.1f} | {r['tokens_per_s']:.1f} | {r['padding_efficiency']:.2f} | {r['step_p50_s']:.2f} | {r['step_p90_s']:.2f} | "
                      f"{r['peak_rss_mb']:.0f} | {r['loss_after_k_steps']:.3f} | {r['fraction_of_fp32_ceiling']:.1%} | {r['fraction_of_bf16_ceiling']:.1%} |")
-    lines += ["", "| inference | prompt tok/s | decode tok/s | TTFT s | peak RSS MB | weights MB | of bandwidth ceiling |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["", "| inference | prompt tok/s | decode tok/s | TTFT s | peak RSS MB | weights MB | of bandwidth ceiling | weight types (MB) |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for name, r in inf.items():
-        lines.append(f"| {name} | {r['prompt_tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.1f} | {r['ttft_s']:.3f} | {r['peak_rss_mb']:.0f} | {r['weight_bytes'] / 2**20:.0f} | {r['fraction_of_bandwidth']:.1%} |")
+        types = ", ".join(f"{k} {v:.0f}" for k, v in r.get("weight_types_mb", {}).items() if v >= 0.5)
+        lines.append(f"| {name} | {r['prompt_tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.1f} | {r['ttft_s']:.3f} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['weight_bytes'] / 2**20:.0f} | {r['fraction_of_bandwidth']:.1%} | {types} |")
     lines += ["", "Summary: " + ", ".join(f"`{k}` = {v:.3f}" for k, v in s.items()), ""]
     lines += [f"- {note}" for note in report.get("notes", [])] + [""]
     return "\n".join(lines)

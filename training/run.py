@@ -334,13 +334,14 @@ def train(cfg: TrainConfig) -> Path:
         callbacks=[ResourceUsageCallback(cfg.log_dir, cfg.name)],
     )
     callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ResourceUsageCallback))
+    lm_head = apply_lm_head(cfg, trainer.model, device)
 
     record = record_envelope("train", cfg.name, {**asdict(cfg), "run_name": cfg.name, "method": cfg.method})
     record.update({
         "paths": {"checkpoints": str(cfg.checkpoint_dir), "adapter": str(cfg.adapter_dir), "log": str(cfg.log_dir / f"{cfg.name}.jsonl")},
         "model_source": str(model_path),
         "resolved": {"precision": precision, "optimizer": optim, "device": device, "notes": notes,
-                     "activation_checkpointing": cfg.checkpointing, "attention": model.config._attn_implementation,
+                     "activation_checkpointing": cfg.checkpointing, "attention": model.config._attn_implementation, "lm_head": lm_head,
                      "world_size": int(os.environ.get("WORLD_SIZE", "1")), "resumed_from": str(resume_from) if resume_from else None},
         "data": {"source": source, "train_conversations": len(train_data), "held_out": len(eval_data),
                  "sha256": du.data_hash(train_rows), "length": length_stats},
@@ -379,6 +380,18 @@ def train(cfg: TrainConfig) -> Path:
         write_json(cfg.record_path, record)
         print(f"[done] adapter {cfg.adapter_dir}\n[done] record  {cfg.record_path}")
     return cfg.adapter_dir
+
+
+def apply_lm_head(cfg: TrainConfig, model, device: str) -> str:
+    """After SFTTrainer (or TRL's add_fused_lm_head) has patched the model: the loss head this run uses, installed."""
+    from training.lm_head import resolve_lm_head, use_full_lm_head
+
+    choice = resolve_lm_head(cfg.lm_head, device, cfg.checkpointing)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if choice == "full" and not use_full_lm_head(base):
+        print(f"[train] lm_head=full does not cover {type(base).__name__}'s logit scaling: using TRL's chunked head")
+        choice = "chunked"
+    return choice
 
 
 def build_model(cfg: TrainConfig, model_path: str, compute_dtype, precision: str, device: str, attn_implementation: str | None = None):
