@@ -247,7 +247,7 @@ def run_job(src: Source, settings: Settings, items: list[dict], position: str = 
     mb = lambda b: round(b / 2**20, 1)  # noqa: E731
     result = {"status": "running", "source": {**src.__dict__, **provenance(src)}, "threads": _threads(settings)}
     memory = {"rss_before_load_mb": mb(rss.sample())}
-    rss.peak = rss.sample()
+    rss.reset()
 
     t = time.perf_counter()
     if src.format == "gguf":
@@ -277,7 +277,7 @@ def run_job(src: Source, settings: Settings, items: list[dict], position: str = 
     result["generate_seconds"] = round(time.perf_counter() - t, 2)
     memory["peak_rss_generate_mb"] = mb(rss.peak)
 
-    rss.peak = rss.sample()
+    rss.reset()
     t = time.perf_counter()
     rows = perplexity_rows(model.tokenizer, settings)
     if isinstance(model, GGUFModel):

@@ -94,6 +94,7 @@ def test_two_step_lora_run_changes_only_the_adapter(tiny_model_dir, exam_file, t
         assert key in record
     assert record["parameters"]["trainable"] < record["parameters"]["total"]
     assert record["data"]["sha256"] and record["resources"]["peak_rss_mb"] > 0
+    assert record["resolved"]["lm_head"] == "full" and record["resolved"]["activation_checkpointing"] is False
     assert json.loads((adapter / "run_record.json").read_text())["name"] == run
     logs = [json.loads(line) for line in (tmp_path / "training_logs" / f"{run}.jsonl").read_text().splitlines()]
     steps = [x for x in logs if x["event"] == "log" and "loss" in x]
@@ -161,6 +162,20 @@ def test_activation_checkpointing_follows_the_method(tiny_model_dir):
     ckpt = build_model(TrainConfig(model=str(tiny_model_dir), activation_checkpointing="on"), str(tiny_model_dir), torch.float32, "fp32", "cpu")
     assert not lora.get_base_model().is_activation_checkpointing and ckpt.get_base_model().is_activation_checkpointing
     assert lora.get_base_model().config._attn_implementation == "packed_sdpa"
+
+
+def test_peak_rss_counts_a_spike_between_two_samples():
+    from training.callbacks.logging_callback import PeakRSS
+
+    rss = PeakRSS(interval=60).start()  # no sample will fall inside the spike
+    if not rss.kernel_hwm:
+        pytest.skip("no resettable kernel high-water mark (/proc/self/clear_refs) here")
+    before = rss.sample()
+    spike = torch.ones(400 * 2**20 // 4)  # 400 MB, touched
+    del spike
+    assert rss.stop() - before > 350 * 2**20
+    rss2 = PeakRSS(interval=60).start()  # a fresh measurement forgets the earlier spike
+    assert rss2.stop() - before < 200 * 2**20
 
 
 def test_full_lm_head_equals_trls_fused_head(tiny_model_dir):

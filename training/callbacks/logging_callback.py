@@ -19,12 +19,17 @@ from transformers import TrainerCallback
 
 
 class PeakRSS:
-    """Samples the process's resident memory in a background thread and keeps the peak (bytes)."""
+    """Peak resident memory of this process since start() or reset() (bytes): the kernel's own high-water mark
+    (VmHWM, reset through /proc/self/clear_refs) where Linux allows it, so that a short spike between two samples
+    still counts; a background thread's samples otherwise."""
+
+    STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
     def __init__(self, interval: float = 0.2):
         self.interval = interval
         self.proc = psutil.Process()
         self.peak = self.proc.memory_info().rss
+        self.kernel_hwm = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -32,12 +37,29 @@ class PeakRSS:
         while not self._stop.wait(self.interval):
             self.sample()
 
+    def _hwm(self) -> int:
+        for line in self.STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def reset(self) -> int:
+        """Forget the peak so far: from now on the peak is measured afresh. Returns the current RSS."""
+        try:
+            self.CLEAR_REFS.write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+            self.kernel_hwm = True
+        except OSError:
+            self.kernel_hwm = False
+        self.peak = self.proc.memory_info().rss
+        return self.peak
+
     def sample(self) -> int:
         rss = self.proc.memory_info().rss
-        self.peak = max(self.peak, rss)
+        self.peak = max(self.peak, rss, self._hwm() if self.kernel_hwm else 0)
         return rss
 
     def start(self) -> PeakRSS:
+        self.reset()
         self._thread.start()
         return self
 
