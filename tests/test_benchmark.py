@@ -19,7 +19,7 @@ def test_quick_benchmark_writes_the_report_schema(tmp_path):
     assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in rep["summary"].values())
     t = rep["training"]
     assert set(t) == {"naive", "default", "lora_ckpt", "qlora", "no_dropout"}
-    assert t["naive"]["lm_head"] == "chunked" and t["default"]["lm_head"] == "full" and t["qlora"]["lm_head"] == "chunked"
+    assert t["naive"]["lm_head"] == "trl" and t["default"]["lm_head"] == "onepass" and t["qlora"]["lm_head"] == "onepass"
     assert t["naive"]["padding_free"] is False and t["default"]["padding_free"] is True
     assert t["naive"]["attention"] == "sdpa" and t["default"]["attention"] == "packed_sdpa"
     assert t["naive"]["activation_checkpointing"] and not t["default"]["activation_checkpointing"] and t["lora_ckpt"]["activation_checkpointing"]

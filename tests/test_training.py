@@ -94,7 +94,7 @@ def test_two_step_lora_run_changes_only_the_adapter(tiny_model_dir, exam_file, t
         assert key in record
     assert record["parameters"]["trainable"] < record["parameters"]["total"]
     assert record["data"]["sha256"] and record["resources"]["peak_rss_mb"] > 0
-    assert record["resolved"]["lm_head"] == "full" and record["resolved"]["activation_checkpointing"] is False
+    assert record["resolved"]["lm_head"] == "onepass" and record["resolved"]["activation_checkpointing"] is False
     assert json.loads((adapter / "run_record.json").read_text())["name"] == run
     logs = [json.loads(line) for line in (tmp_path / "training_logs" / f"{run}.jsonl").read_text().splitlines()]
     steps = [x for x in logs if x["event"] == "log" and "loss" in x]
@@ -178,19 +178,18 @@ def test_peak_rss_counts_a_spike_between_two_samples():
     assert rss2.stop() - before < 200 * 2**20
 
 
-def test_full_lm_head_equals_trls_fused_head(tiny_model_dir):
-    """lm_head=full gives TRL's fused-head outputs (log-probs, entropy, top-1, loss) and the same LoRA gradients."""
+def test_onepass_lm_head_equals_trls_fused_head(tiny_model_dir):
+    """lm_head=onepass gives TRL's fused-head outputs (log-probs, entropy, top-1, loss) and the same LoRA gradients."""
     from trl.trainer.utils import add_fused_lm_head
 
     from training.lm_head import resolve_lm_head
     from training.run import apply_lm_head, build_model
 
-    assert resolve_lm_head("auto", "cpu", checkpointing=False) == "full"
-    assert resolve_lm_head("auto", "cpu", checkpointing=True) == "chunked" and resolve_lm_head("auto", "cuda", False) == "chunked"
+    assert resolve_lm_head("auto", "cpu") == "onepass" and resolve_lm_head("auto", "cuda") == "trl"
     with pytest.raises(ValueError, match="lm_head"):
         TrainConfig(lm_head="fast")
     outs, grads = {}, {}
-    for choice in ("chunked", "full"):
+    for choice in ("trl", "onepass"):
         torch.manual_seed(0)
         cfg = TrainConfig(model=str(tiny_model_dir), lm_head=choice, lora_dropout=0.0)
         model = build_model(cfg, str(tiny_model_dir), torch.float32, "fp32", "cpu")
@@ -208,14 +207,36 @@ def test_full_lm_head_equals_trls_fused_head(tiny_model_dir):
         out.loss.backward()
         outs[choice] = out
         grads[choice] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    a, b = outs["chunked"], outs["full"]
+    a, b = outs["trl"], outs["onepass"]
     torch.testing.assert_close(b.loss, a.loss)
     torch.testing.assert_close(b.log_probs, a.log_probs)
     torch.testing.assert_close(b.entropy, a.entropy.detach())
     assert torch.equal(b.is_top1, a.is_top1) and torch.equal(b.label_mask, a.label_mask)
     assert b.log_probs[0, :7].abs().sum() == 0 and b.label_mask.sum() == 29 - 7 - 4
-    for name, g in grads["chunked"].items():
-        torch.testing.assert_close(grads["full"][name], g, atol=1e-6, rtol=1e-4)
+    for name, g in grads["trl"].items():
+        torch.testing.assert_close(grads["onepass"][name], g, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_onepass_log_probs_in_chunks_match_autograd(monkeypatch, softcap):
+    """Several chunks, a capped vocabulary, an arbitrary upstream gradient: values and d/dhidden equal plain autograd."""
+    import training.lm_head as lh
+
+    monkeypatch.setattr(lh, "CHUNK_ELEMENTS", 7 * 50)  # 7 tokens per chunk over a 50-word vocabulary
+    torch.manual_seed(0)
+    hidden, weight, targets = torch.randn(23, 16, requires_grad=True), torch.randn(50, 16), torch.randint(0, 50, (23,))
+    upstream = torch.randn(23)
+    lp, ent, top1 = lh.OnePassLogProbs.apply(hidden, weight, targets, softcap)
+    (lp * upstream).sum().backward()
+    h2 = hidden.detach().clone().requires_grad_(True)
+    z = h2 @ weight.t()
+    z = torch.tanh(z / softcap) * softcap if softcap else z
+    ref = torch.log_softmax(z, -1)
+    (ref.gather(1, targets[:, None])[:, 0] * upstream).sum().backward()
+    torch.testing.assert_close(lp, ref.gather(1, targets[:, None])[:, 0].detach())
+    torch.testing.assert_close(ent, -(ref.exp() * ref).sum(-1).detach(), atol=1e-4, rtol=1e-4)  # lse - sum(p z): cancels near 0
+    assert torch.equal(top1, z.argmax(-1) == targets)
+    torch.testing.assert_close(hidden.grad, h2.grad)
 
 
 def test_qlora_builds_4bit_layers_and_trains(tiny_model_dir, exam_file, tmp_path):

@@ -12,7 +12,7 @@ benchmark.md and benchmark.png.
 Training (LoRA unless named), all through training.run.build_model and TRL's fused LM head as in the trainer:
 naive = SFTTrainer's defaults (fp32, padded batches, SDPA with a mask, activation checkpointing on); default = the
 training scripts' configuration (padding-free batches with per-conversation attention, no activation checkpointing,
-on CPU the loss positions' logits at once instead of TRL's chunked head, bf16 where the CPU/GPU has it); lora_ckpt = default plus activation checkpointing; qlora = the QLoRA scripts'
+on CPU the one-pass loss head of training/lm_head.py instead of TRL's, bf16 where the CPU/GPU has it); lora_ckpt = default plus activation checkpointing; qlora = the QLoRA scripts'
 configuration (4-bit NF4 base, activation checkpointing on); no_dropout = default with lora_dropout 0 (what the
 LoRA dropout masks cost; the recipe keeps the original's 0.05).
 Useful tokens are the loss-carrying (assistant) tokens; padding efficiency = real tokens / tokens in the batch.
@@ -94,7 +94,7 @@ def worker_ceilings(args) -> dict:
 
 CONFIGS = {
     # name: (TrainConfig overrides, attention implementation or None for the project's default)
-    "naive": (dict(padding_free=False, precision="fp32", activation_checkpointing="on", lm_head="chunked"), "sdpa"),  # SFTTrainer's defaults
+    "naive": (dict(padding_free=False, precision="fp32", activation_checkpointing="on", lm_head="trl"), "sdpa"),  # SFTTrainer's defaults
     "default": ({}, None),  # the training scripts' configuration
     "lora_ckpt": (dict(activation_checkpointing="on"), None),  # the default plus activation checkpointing, QLoRA's memory setting
     "qlora": (dict(load_in_4bit=True), None),
@@ -322,7 +322,7 @@ def main(argv=None) -> int:
     ap.add_argument("--new_tokens", type=int, default=64)
     ap.add_argument("--profile", choices=list(CONFIGS), help="instead of the benchmark: profile one training step of this configuration")
     ap.add_argument("--attention", help="with --profile: another attention implementation (e.g. sdpa, the library's masked path)")
-    ap.add_argument("--lm_head", choices=["full", "chunked"], help="with --profile: another loss head (chunked: TRL's fused head)")
+    ap.add_argument("--lm_head", choices=["onepass", "trl"], help="with --profile: another loss head (trl: TRL's fused head, SFTTrainer's default)")
     ap.add_argument("--out", type=Path, default=REPO / "evaluation_results", help="folder for benchmark.json/.md/.png")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker_out", help=argparse.SUPPRESS)

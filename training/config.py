@@ -52,9 +52,9 @@ class TrainConfig:
     padding_free: bool = field(default=True, metadata={"help": "concatenate a batch without padding (exact: position_ids rebuild the causal mask)"})
     activation_checkpointing: str = field(default="auto", metadata={"help": "auto | on | off: recompute activations in the backward pass "
                                         "(auto: on for QLoRA, whose point is memory; off for LoRA, faster)"})
-    lm_head: str = field(default="auto", metadata={"help": "auto | full | chunked: how the loss projects onto the vocabulary. chunked: TRL's fused "
-                         "head (never holds the logits; on CPU it scores every position with unfused ops); full: the loss positions' logits at "
-                         "once (faster on CPU, loss tokens x vocabulary floats of memory). auto: full on CPU unless activation checkpointing is on"})
+    lm_head: str = field(default="auto", metadata={"help": "auto | onepass | trl: the loss's projection onto the vocabulary. trl: TRL's fused head "
+                         "(a Triton kernel on GPU; on CPU unfused tiles over every position); onepass: training/lm_head.py, loss positions only, "
+                         "the gradient formed in the forward pass. auto: onepass on CPU, trl on GPU"})
     threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: physical cores)"})
     seed: int = 42
 
@@ -76,8 +76,8 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
         if self.activation_checkpointing not in ("auto", "on", "off"):
             raise ValueError(f"activation_checkpointing must be auto, on or off, got {self.activation_checkpointing!r}")
-        if self.lm_head not in ("auto", "full", "chunked"):
-            raise ValueError(f"lm_head must be auto, full or chunked, got {self.lm_head!r}")
+        if self.lm_head not in ("auto", "onepass", "trl"):
+            raise ValueError(f"lm_head must be auto, onepass or trl, got {self.lm_head!r}")
         if self.lora_r <= 0 or self.max_length <= 0 or self.per_device_train_batch_size <= 0:
             raise ValueError("lora_r, max_length and per_device_train_batch_size must be positive")
 
