@@ -248,6 +248,15 @@ def test_qlora_builds_4bit_layers_and_trains(tiny_model_dir, exam_file, tmp_path
     model = build_model(cfg, str(tiny_model_dir), torch.bfloat16, "bf16", "cpu")
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    base = model.get_base_model()
+    assert base.lm_head.weight is base.model.embed_tokens.weight  # still tied after the copy out of the mapping
+    mapped = []  # address ranges of the checkpoint file mapped into this process
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if str(tiny_model_dir) in line:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            mapped.append((lo, hi))
+    pointers = [p.data_ptr() for p in model.parameters() if not isinstance(p, bnb.nn.Params4bit)]
+    assert not any(lo <= ptr < hi for ptr in pointers for lo, hi in mapped), "an unquantized tensor still views the checkpoint file"
 
     r = run_script("training/train_smollm2_135m_qlora_exam.py", *tiny_args(tiny_model_dir, exam_file, tmp_path, "--max_steps", "2"))
     assert r.returncode == 0, r.stderr[-3000:]
