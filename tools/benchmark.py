@@ -10,16 +10,18 @@ end, since these machines are shared. Results: evaluation_results/benchmark.json
 benchmark.md and benchmark.png.
 
 Training (LoRA unless named), all through training.run.build_model and TRL's fused LM head as in the trainer:
-naive = SFTTrainer's defaults (fp32, padded batches, SDPA with a mask, activation checkpointing on); default = the
-training scripts' configuration (padding-free batches with per-conversation attention, no activation checkpointing,
-on CPU the one-pass loss head of training/lm_head.py instead of TRL's, bf16 where the CPU/GPU has it); lora_ckpt = default plus activation checkpointing; qlora = the QLoRA scripts'
-configuration (4-bit NF4 base, activation checkpointing on); no_dropout = default with lora_dropout 0 (what the
-LoRA dropout masks cost; the recipe keeps the original's 0.05).
+naive = SFTTrainer's defaults (fp32, padded batches, SDPA with a mask, activation checkpointing on, TRL's loss head);
+default = the training scripts' configuration (padding-free batches with per-conversation attention, no activation
+checkpointing, on CPU the one-pass loss head of training/lm_head.py, bf16 where the CPU/GPU has it); lora_ckpt =
+default plus activation checkpointing; qlora = the QLoRA scripts' configuration (4-bit NF4 base, activation
+checkpointing on); no_dropout = default with lora_dropout 0 (what the LoRA dropout masks cost; the recipe keeps the
+original's 0.05).
 Useful tokens are the loss-carrying (assistant) tokens; padding efficiency = real tokens / tokens in the batch.
 Inference: PyTorch generate (fp32, bf16) vs llama-cpp-python F16, Q8_0, Q4_K_M (flash attention on, as Iris loads
 them; Q4_K_M once more with it off), each generating a fixed number of tokens (end-of-turn ignored) after a fixed
-prompt, greedy; decode tokens/s = (tokens - 1) / (time of the last token - time of the first). Ceilings: memory read bandwidth and GEMM FLOP/s (fp32, bf16) at
-the model's shapes; decode is compared with bandwidth / bytes per token, LoRA training with GEMM FLOP/s / (4 x params).
+prompt, greedy; decode tokens/s = (tokens - 1) / (time of the last token - time of the first). Ceilings: memory read
+bandwidth and GEMM FLOP/s (fp32, bf16) at the model's shapes; decode is compared with bandwidth / bytes per token,
+LoRA training with GEMM FLOP/s / (4 x params).
 """
 
 from __future__ import annotations
@@ -104,8 +106,8 @@ CONFIGS = {
 
 def training_setup(args):
     """One training configuration as the trainer builds it: training.run.build_model, and TRL's fused LM head with
-    the outputs SFTTrainer asks of it. Returns (cfg, precision, model, step, batches); step(batch) runs one optimizer
-    step and returns its loss."""
+    the outputs SFTTrainer asks of it, then the configuration's loss head. Returns (cfg, precision, lm_head, model,
+    step, batches); step(batch) runs one optimizer step and returns its loss."""
     import torch
     from transformers import AutoTokenizer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
@@ -127,7 +129,7 @@ def training_setup(args):
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     model = build_model(cfg, args.model_path, dtype, precision, "cpu", attn_implementation=attention)
     add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "is_top1"))
-    cfg.resolved_lm_head = apply_lm_head(cfg, model, "cpu")
+    lm_head = apply_lm_head(cfg, model, "cpu")
     model.train()
     tok = AutoTokenizer.from_pretrained(args.model_path)
     rows = du.sample(du.load_conversations(args.data), args.batch * (args.steps + args.warmup), seed=0)
@@ -151,7 +153,7 @@ def training_setup(args):
         opt.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    return cfg, precision, model, step, batches
+    return cfg, precision, lm_head, model, step, batches
 
 
 def worker_train(args) -> dict:
@@ -159,7 +161,7 @@ def worker_train(args) -> dict:
     from training.callbacks.logging_callback import PeakRSS
 
     rss = PeakRSS().start()
-    cfg, precision, model, step, batches = training_setup(args)
+    cfg, precision, lm_head, model, step, batches = training_setup(args)
     times, useful, real, total, losses = [], 0, 0, 0, []
     for i, (batch, n_real) in enumerate(batches):
         t = time.perf_counter()
@@ -174,7 +176,7 @@ def worker_train(args) -> dict:
     params = sum(p.numel() for p in model.parameters())
     return {
         "config": args.config, "precision": precision, "padding_free": cfg.padding_free, "load_in_4bit": cfg.load_in_4bit,
-        "activation_checkpointing": cfg.checkpointing, "attention": model.get_base_model().config._attn_implementation, "lm_head": cfg.resolved_lm_head,
+        "activation_checkpointing": cfg.checkpointing, "attention": model.get_base_model().config._attn_implementation, "lm_head": lm_head,
         "lora_dropout": cfg.lora_dropout,
         "steps": args.steps, "warmup_steps": args.warmup, "batch": args.batch,
         "step_seconds": times, "step_p50_s": median(times), "step_p90_s": pctl(times, 0.9),
@@ -189,7 +191,7 @@ def profile_training(args) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     args.steps, args.warmup = 1, 1
-    _, _, _, step, batches = training_setup(args)
+    *_, step, batches = training_setup(args)
     step(batches[0][0])
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step(batches[1][0])

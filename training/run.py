@@ -401,10 +401,9 @@ def release_checkpoint_mapping(model) -> None:
     import torch
 
     with torch.no_grad():
-        for module in model.modules():
-            for p in module.parameters(recurse=False):
-                if type(p).__name__ != "Params4bit" and p.device.type == "cpu":
-                    p.data = p.data.clone()
+        for p in model.parameters():  # each parameter once: a tied embedding is copied once and stays tied
+            if type(p).__name__ != "Params4bit" and p.device.type == "cpu":
+                p.data = p.data.clone()
 
 
 def build_model(cfg: TrainConfig, model_path: str, compute_dtype, precision: str, device: str, attn_implementation: str | None = None):
