@@ -89,6 +89,19 @@ def _stop_ids(tokenizer, extra=()) -> set[int]:
     return {int(i) for i in ids if i is not None}
 
 
+class Stamps:
+    """A generate() streamer that only records when each chunk arrives: generate() calls put() once with the prompt,
+    then once per new token, so times[1] is the first new token."""
+
+    def __init__(self):
+        self.times = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
 class TorchModel:
     """Base (+ adapter, merged by default) in PyTorch: fp32 on CPU, bf16/fp16 on CUDA."""
 
@@ -120,25 +133,13 @@ class TorchModel:
     def generate(self, ids: list[int], seed: int) -> tuple[list[int], float | None, float]:
         """(completion ids, seconds to the first new token, seconds in all)."""
         from transformers import GenerationConfig
-        from transformers.generation.streamers import BaseStreamer
 
         torch, s = self.torch, self.settings
-
-        class Clock(BaseStreamer):  # generate() calls put() once with the prompt, then once per new token
-            def __init__(self):
-                self.times = []
-
-            def put(self, value):
-                self.times.append(time.perf_counter())
-
-            def end(self):
-                pass
-
         cfg = dict(max_new_tokens=s.max_new_tokens, eos_token_id=sorted(self.stop_ids),
                    pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.stop_ids))
         cfg.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0) if s.sampling else cfg.update(do_sample=False)
         torch.manual_seed(seed)
-        clock = Clock()
+        clock = Stamps()
         x = torch.tensor([ids], device=self.device)
         t0 = time.perf_counter()
         with torch.inference_mode():

@@ -7,6 +7,7 @@ does not parse.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -30,8 +31,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_iris(gguf_dir: Path, log: Path, cap: int = 6):
-    """Launch ``python iris/app.py`` the way a user does; returns (process, url) once it answers."""
+@contextlib.contextmanager
+def running_iris(gguf_dir: Path, log: Path, cap: int = 6):
+    """Launch ``python iris/app.py`` the way a user does; yields its url once it answers, and stops it afterwards."""
     import urllib.request
 
     port = free_port()
@@ -46,11 +48,20 @@ def start_iris(gguf_dir: Path, log: Path, cap: int = 6):
             raise RuntimeError(f"iris/app.py exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
             urllib.request.urlopen(url, timeout=5)
-            return proc, url
+            break
         except OSError:
             time.sleep(1)
-    proc.kill()
-    raise RuntimeError(f"iris/app.py did not answer on {url} within 180 s:\n{log.read_text()[-3000:]}")
+    else:
+        proc.kill()
+        raise RuntimeError(f"iris/app.py did not answer on {url} within 180 s:\n{log.read_text()[-3000:]}")
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +76,10 @@ def iris(tmp_path_factory):
         "kind": "export", "name": run, "status": "completed", "base_model": "smollm2-135m", "run": run,
         "files": {"q4_k_m": {"path": f"{run}_q4_k_m.gguf", "quant": "Q4_K_M"}, "lora": {"path": f"{run}_lora.gguf", "quant": "LORA"}},
     }))
-    proc, url = start_iris(folder, folder / "iris.log")
     from gradio_client import Client
 
-    try:
+    with running_iris(folder, folder / "iris.log") as url:
         yield Client(url, verbose=False), url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_api_lists_every_tool(iris):

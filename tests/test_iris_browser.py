@@ -8,12 +8,11 @@ The screenshot lands in tests/artifacts/ (git-ignored).
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.test_iris_app import start_iris
+from tests.test_iris_app import running_iris
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -26,15 +25,8 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def iris_url(tmp_path_factory):
     folder = tmp_path_factory.mktemp("iris_browser")
-    proc, url = start_iris(folder, folder / "iris.log")
-    try:
+    with running_iris(folder, folder / "iris.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_generate_answer_and_score_a_quiz(iris_url):

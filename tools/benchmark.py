@@ -51,19 +51,6 @@ def pctl(xs, q):
 
 
 # ------------------------------------------------------------------------------------------------ workers
-class Stamps:
-    """A generate() streamer that only records when each chunk of tokens arrives."""
-
-    def __init__(self):
-        self.times = []
-
-    def put(self, value):
-        self.times.append(time.perf_counter())
-
-    def end(self):
-        pass
-
-
 def worker_ceilings(args) -> dict:
     import torch
 
@@ -211,6 +198,8 @@ def worker_infer(args) -> dict:
     if args.backend == "torch":
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from evaluation.worker import Stamps
 
         torch.set_num_threads(args.threads)
         tok = AutoTokenizer.from_pretrained(args.model_path)

@@ -28,6 +28,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from iris.plan import DEFAULT_ACTIVITIES  # noqa: E402
+
 SOURCES = REPO / "data" / "sources"
 OUT_TRAIN = REPO / "data" / "id2223_exam_prep_full.jsonl"
 OUT_TEST = REPO / "data" / "id2223_exam_prep_test.jsonl"
@@ -221,14 +224,7 @@ def drill_rows(topics: list[dict], rng: random.Random, count: int) -> list[dict]
     return rows
 
 
-ACTIVITIES = [
-    "read your notes, then write the key points from memory",
-    "work through a practice quiz and review every wrong answer",
-    "explain it aloud in five minutes, then check what you missed",
-    "solve two past exam questions under time pressure",
-    "draw the main diagram and annotate each component",
-    "write a one-page summary with one worked example",
-]
+ACTIVITIES = DEFAULT_ACTIVITIES  # the plans the dataset teaches use the activities Iris's planner fills in
 
 
 def short_title(topic: dict) -> str:

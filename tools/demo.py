@@ -4,7 +4,8 @@
                                          # -> export F16/Q8_0/Q4_K_M with verification -> summary
     python tools/demo.py --train_steps 40 --eval_items 30      # a longer fine-tune and a larger evaluation
 
-Re-running skips finished steps (a step is finished when its output exists and is newer than its inputs); a failing
+Re-running skips finished steps (a step is finished when its output exists, is newer than its inputs and was made
+with the same settings: a new --train_steps retrains, a new --eval_items re-evaluates); a failing
 step stops the demo with the step's name. Every step is one of the project's own commands, printed before it runs,
 so each can be re-run by hand.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -40,6 +42,13 @@ def run_step(n: int, total: int, name: str, cmd: list[str], done: bool) -> float
     if r.returncode != 0:
         raise StepFailed(f"step {n} ({name}) failed with exit code {r.returncode}; see the output above, fix it, and re-run: finished steps are skipped")
     return time.time() - t
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def newer(output: Path, *inputs: Path) -> bool:
@@ -86,15 +95,23 @@ def main(argv=None) -> int:
         report = REPO / "evaluation_results" / "data_report_id2223_exam_prep_full.json"
         times["data"] = run_step(2, total, "data-quality report with gates", [PY, "tools/data_report.py", str(data), "--test", "data/id2223_exam_prep_test.jsonl"],
                                  newer(report, data))
-        trained = record.exists() and json.loads(record.read_text()).get("status") == "completed" and (adapter / "adapter_model.safetensors").exists()
+        previous = read_json(record)
+        same_schedule = previous.get("config", {}).get("max_steps") == args.train_steps
+        trained = same_schedule and previous.get("status") == "completed" and (adapter / "adapter_model.safetensors").exists()
+        checkpoints = REPO / "checkpoints" / RUN
+        if not trained and not same_schedule and checkpoints.exists():
+            shutil.rmtree(checkpoints)  # the demo's own checkpoints of another schedule: resuming them would mix two runs
         times["train"] = run_step(3, total, f"short LoRA fine-tune on the exam data ({args.train_steps} steps x 4 conversations)",
                                   [PY, SCRIPT, "--run_name", RUN, "--max_steps", str(args.train_steps),
                                    "--gradient_accumulation_steps", "1", "--logging_steps", "2", "--save_steps", str(max(args.train_steps // 2, 1)),
-                                   *([] if not (REPO / "checkpoints" / RUN).exists() else ["--resume"])], trained)
+                                   *(["--resume"] if checkpoints.exists() else [])], trained)
+        eval_settings = {"limit": args.eval_items, "ppl_limit": args.ppl_items, "max_new_tokens": args.max_new_tokens}
+        evaluated = newer(eval_report, adapter / "adapter_model.safetensors") and all(
+            read_json(eval_report).get("config", {}).get("settings", {}).get(k) == v for k, v in eval_settings.items())
         times["eval"] = run_step(4, total, "evaluate base vs tuned on held-out exam questions",
                                  [PY, "evaluation/eval_domain.py", "base:smollm2-135m", RUN, "--out", str(eval_report), "--limit", str(args.eval_items),
                                   "--ppl_limit", str(args.ppl_items), "--max_new_tokens", str(args.max_new_tokens), "--prompts", "none"],
-                                 newer(eval_report, adapter / "adapter_model.safetensors"))
+                                 evaluated)
         times["export"] = run_step(5, total, "export to GGUF F16/Q8_0/Q4_K_M and verify", [PY, "tools/export_to_gguf.py", RUN], False)
         print(f"\n=== [6/{total}] summary", flush=True)
         summary(adapter, eval_report, manifest)
@@ -114,10 +131,20 @@ def summary(adapter: Path, eval_report: Path, manifest_path: Path) -> None:
     print(f"  verification   {(out_dir / manifest['verification']['report']).relative_to(REPO)}")
     print(f"  evaluation     {eval_report.relative_to(REPO)}")
     rep = json.loads(eval_report.read_text())
-    print("before / after (held-out exam questions):")
-    for m in rep.get("models", []):
-        s, p = m.get("summary") or {}, m.get("perplexity") or {}
-        print(f"  {m['label']:<28} concept coverage {s.get('coverage_mean', float('nan')):.3f}   perplexity {p.get('perplexity', float('nan')):.2f}")
+    models = [m for m in rep.get("models", []) if m.get("perplexity")]
+    if models:
+        items = models[0]["perplexity"].get("items", "?")
+        print(f"before / after on held-out exam questions (perplexity over {items} items; coverage: key concepts found in "
+              f"{len(models[0].get('answers', []))} greedy answers):")
+        ref = models[0]["perplexity"]["perplexity"]
+        for m in models:
+            ppl, answers = m["perplexity"]["perplexity"], m.get("answers", [])
+            found, wanted = sum(len(a["concepts_found"]) for a in answers), sum(len(a["key_concepts"]) for a in answers)
+            change = f"({100 * (ppl / ref - 1):+.1f}%)" if m is not models[0] else ""
+            print(f"  {m['label']:<28} perplexity {ppl:6.2f} {change:<9} concept coverage {m['summary']['coverage_mean']:.3f} "
+                  f"({found} of {wanted} key concepts)")
+        print("  a short fine-tune moves perplexity first; coverage over a dozen answers changes by single concepts, so a step of\n"
+              "  one or two either way is noise. A longer run: python tools/demo.py --train_steps 40 --eval_items 30")
     print("decode speed per format (64 greedy tokens, fixed length):")
     for key, f in manifest["files"].items():
         if key != "lora":

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -323,6 +324,7 @@ def train(cfg: TrainConfig) -> Path:
         include_num_input_tokens_seen="non_padding",
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
+        dataloader_pin_memory=device == "cuda",  # pinned host memory only helps copies to a GPU
         disable_tqdm=False,
     )
     trainer = SFTTrainer(
@@ -427,15 +429,17 @@ def build_model(cfg: TrainConfig, model_path: str, compute_dtype, precision: str
     model.config.use_cache = False  # padding-free batches are exact only without the KV cache
     if cfg.load_in_4bit and device == "cpu":
         release_checkpoint_mapping(model)
-    if cfg.data == "finetome-exam":
-        stage1 = cfg.stage1_adapter_dir
-        model = PeftModel.from_pretrained(model, stage1, is_trainable=True)
-        print(f"[train] continuing the stage-1 adapter {stage1}")
-    else:
-        model = get_peft_model(model, LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=[m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()], task_type="CAUSAL_LM",
-        ))
+    with warnings.catch_warnings():  # peft still reads a property transformers 5 deprecates: nothing for a user to act on
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        if cfg.data == "finetome-exam":
+            stage1 = cfg.stage1_adapter_dir
+            model = PeftModel.from_pretrained(model, stage1, is_trainable=True)
+            print(f"[train] continuing the stage-1 adapter {stage1}")
+        else:
+            model = get_peft_model(model, LoraConfig(
+                r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                target_modules=[m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()], task_type="CAUSAL_LM",
+            ))
     for p in model.parameters():  # adapters train in fp32 even over a bf16 or 4-bit base
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()

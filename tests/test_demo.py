@@ -1,0 +1,75 @@
+"""The demo's resume logic: which steps a re-run skips, and which a changed setting redoes (steps stubbed out)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tools import demo
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """A finished 12-step demo in a scratch repository; run_step records its calls instead of running them."""
+    import training.models
+
+    monkeypatch.setattr(demo, "REPO", tmp_path)
+    monkeypatch.setattr(training.models, "CACHE", tmp_path / ".cache")
+    (tmp_path / ".cache/models/smollm2-135m").mkdir(parents=True)
+    (tmp_path / ".cache/models/smollm2-135m/materialized.json").write_text("{}")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/id2223_exam_prep_full.jsonl").write_text("")
+    (tmp_path / "evaluation_results").mkdir()
+    (tmp_path / "evaluation_results/data_report_id2223_exam_prep_full.json").write_text("{}")
+    adapter = tmp_path / "models" / demo.RUN
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    (tmp_path / "training_logs").mkdir()
+    (tmp_path / "training_logs" / f"{demo.RUN}.json").write_text(json.dumps({"status": "completed", "config": {"max_steps": 12}}))
+    report = tmp_path / "evaluation_results/demo_eval_domain.json"
+    report.write_text(json.dumps({"config": {"settings": {"limit": 12, "ppl_limit": 60, "max_new_tokens": 96}}}))
+    later = (adapter / "adapter_model.safetensors").stat().st_mtime + 5
+    os.utime(report, (later, later))
+    calls = {}
+
+    def run_step(n, total, name, cmd, done):
+        calls[n] = (cmd, done)
+        return 0.0
+
+    monkeypatch.setattr(demo, "run_step", run_step)
+    monkeypatch.setattr(demo, "summary", lambda *a: None)
+    return tmp_path, calls
+
+
+def test_rerun_with_the_same_settings_skips_training_and_evaluation(repo):
+    _, calls = repo
+    assert demo.main([]) == 0
+    assert calls[1][1] and calls[2][1] and calls[3][1] and calls[4][1]
+
+
+def test_new_train_steps_retrain_from_scratch(repo):
+    root, calls = repo
+    stale = root / "checkpoints" / demo.RUN / "checkpoint-6"
+    stale.mkdir(parents=True)
+    assert demo.main(["--train_steps", "40"]) == 0
+    cmd, done = calls[3]
+    assert not done and "--resume" not in cmd and cmd[cmd.index("--max_steps") + 1] == "40"
+    assert not stale.exists(), "the other schedule's checkpoints must not be resumed"
+
+
+def test_interrupted_run_of_the_same_schedule_resumes(repo):
+    root, calls = repo
+    record = root / "training_logs" / f"{demo.RUN}.json"
+    record.write_text(json.dumps({"status": "running", "config": {"max_steps": 12}}))
+    (root / "checkpoints" / demo.RUN / "checkpoint-6").mkdir(parents=True)
+    assert demo.main([]) == 0
+    cmd, done = calls[3]
+    assert not done and "--resume" in cmd
+
+
+def test_new_eval_items_re_evaluate(repo):
+    _, calls = repo
+    assert demo.main(["--eval_items", "30"]) == 0
+    assert calls[3][1] and not calls[4][1]
