@@ -18,12 +18,13 @@ def test_quick_benchmark_writes_the_report_schema(tmp_path):
     assert set(rep["summary"]) == SUMMARY
     assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in rep["summary"].values())
     t = rep["training"]
-    assert set(t) == {"naive", "default", "lora_ckpt", "qlora", "no_dropout"}
+    assert set(t) == {"naive", "default", "lora_ckpt", "qlora", "dropout_005"}
     assert t["naive"]["lm_head"] == "trl" and t["default"]["lm_head"] == "onepass" and t["qlora"]["lm_head"] == "onepass"
     assert t["naive"]["padding_free"] is False and t["default"]["padding_free"] is True
     assert t["naive"]["attention"] == "sdpa" and t["default"]["attention"] == "packed_sdpa"
     assert t["naive"]["activation_checkpointing"] and not t["default"]["activation_checkpointing"] and t["lora_ckpt"]["activation_checkpointing"]
     assert t["qlora"]["load_in_4bit"] is True and t["qlora"]["activation_checkpointing"]
+    assert t["dropout_005"]["lora_dropout"] == 0.05 and all(r["lora_dropout"] == 0.0 for n, r in t.items() if n != "dropout_005")
     assert set(rep["details"]) >= {"qlora_rss_ratio_vs_lora_with_checkpointing", "checkpointing_rss_ratio", "train_fraction_of_fp32_ceiling"}
     for t in rep["training"].values():
         assert len(t["step_seconds"]) == t["steps"] and t["useful_tokens_per_s"] > 0 and 0 < t["padding_efficiency"] <= 1
