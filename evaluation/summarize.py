@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -33,6 +34,15 @@ def fmt(x, spec=".3f", dash="-") -> str:
     if isinstance(x, bool):
         return "yes" if x else "no"
     return format(x, spec)
+
+
+def command_line(rep: dict) -> str:
+    """The command that wrote a report, from the arguments it recorded (paths inside the repository made relative)."""
+    base = COMMANDS.get(rep.get("name"), f"python evaluation/{rep.get('name')}.py")
+    argv = (rep.get("config") or {}).get("argv")
+    if argv is None:
+        return base
+    return " ".join([base, *(shlex.quote(a.replace(str(REPO) + "/", "")) for a in argv)])
 
 
 def load_reports(folder: Path) -> list[dict]:
@@ -183,7 +193,7 @@ def build(results: Path, logs: Path, out: Path) -> str:
         lines += ["No evaluation reports yet. Run:", ""] + [f"    {c}" for c in COMMANDS.values()] + [""]
     for rep in reports:
         name = rep["name"]
-        lines += [f"## {name}", "", f"`{COMMANDS.get(name, rep['_file'])}` -> `{rep['_file']}`; {provenance_line(rep)}", ""]
+        lines += [f"## {name}", "", f"`{command_line(rep)}` -> `{rep['_file']}`; {provenance_line(rep)}", ""]
         lines += model_table(rep) + [""]
         comp = comparison_table(rep)
         if comp:

@@ -197,6 +197,7 @@ def test_tiny_end_to_end_report_has_the_full_schema(tiny_run, tiny_model_dir):
 
     text = build(out.parent, tiny_run / "training_logs", out.parent / "summary.md")
     assert "## eval_models" in text and "| tiny-llama-lora-exam | PyTorch + lora adapter (merged) |" in text
+    assert "`python evaluation/eval_models.py " + " ".join(rep["config"]["argv"]) + "` -> `eval_models.json`" in text  # the command that made it
     assert (out.parent / "eval_models.png").stat().st_size > 1000
 
 

@@ -25,6 +25,9 @@ from pathlib import Path
 
 from training.config import REPO, TrainConfig
 
+# peft and TRL still read a property that transformers 5 deprecates: a warning on every run that no user can act on
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
 CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
 
 
@@ -429,17 +432,15 @@ def build_model(cfg: TrainConfig, model_path: str, compute_dtype, precision: str
     model.config.use_cache = False  # padding-free batches are exact only without the KV cache
     if cfg.load_in_4bit and device == "cpu":
         release_checkpoint_mapping(model)
-    with warnings.catch_warnings():  # peft still reads a property transformers 5 deprecates: nothing for a user to act on
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        if cfg.data == "finetome-exam":
-            stage1 = cfg.stage1_adapter_dir
-            model = PeftModel.from_pretrained(model, stage1, is_trainable=True)
-            print(f"[train] continuing the stage-1 adapter {stage1}")
-        else:
-            model = get_peft_model(model, LoraConfig(
-                r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                target_modules=[m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()], task_type="CAUSAL_LM",
-            ))
+    if cfg.data == "finetome-exam":
+        stage1 = cfg.stage1_adapter_dir
+        model = PeftModel.from_pretrained(model, stage1, is_trainable=True)
+        print(f"[train] continuing the stage-1 adapter {stage1}")
+    else:
+        model = get_peft_model(model, LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=[m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()], task_type="CAUSAL_LM",
+        ))
     for p in model.parameters():  # adapters train in fp32 even over a bf16 or 4-bit base
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
