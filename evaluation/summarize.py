@@ -21,11 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = {
-    "eval_models": "python evaluation/eval_models.py",
-    "eval_domain": "python evaluation/eval_domain.py",
-    "eval_pytorch_vs_gguf": "python evaluation/eval_pytorch_vs_gguf.py",
-}
+EVALUATIONS = ("eval_models", "eval_domain", "eval_pytorch_vs_gguf")
 
 
 def fmt(x, spec=".3f", dash="-") -> str:
@@ -38,7 +34,7 @@ def fmt(x, spec=".3f", dash="-") -> str:
 
 def command_line(rep: dict) -> str:
     """The command that wrote a report, from the arguments it recorded (paths inside the repository made relative)."""
-    base = COMMANDS.get(rep.get("name"), f"python evaluation/{rep.get('name')}.py")
+    base = f"python evaluation/{rep.get('name')}.py"
     argv = (rep.get("config") or {}).get("argv")
     if argv is None:
         return base
@@ -190,7 +186,7 @@ def build(results: Path, logs: Path, out: Path) -> str:
              "Coverage and ROUGE-L: answers to the held-out test questions against their key concepts and reference answers. "
              "Speeds are means per answer on a shared machine: compare ratios within one report, not across reports.", ""]
     if not reports:
-        lines += ["No evaluation reports yet. Run:", ""] + [f"    {c}" for c in COMMANDS.values()] + [""]
+        lines += ["No evaluation reports yet. Run:", ""] + [f"    python evaluation/{name}.py" for name in EVALUATIONS] + [""]
     for rep in reports:
         name = rep["name"]
         lines += [f"## {name}", "", f"`{command_line(rep)}` -> `{rep['_file']}`; {provenance_line(rep)}", ""]

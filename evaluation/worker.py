@@ -17,14 +17,10 @@ import os
 import sys
 import time
 import traceback
-import warnings
 from pathlib import Path
 
 from evaluation import metrics
 from evaluation.common import REPO, Settings, Source, summarize_answers
-
-# peft still reads a property that transformers 5 deprecates (on every adapter load): nothing for a user to act on
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 # llama.cpp's general.file_type values for the quantizations this project meets
 FILE_TYPES = {"0": "F32", "1": "F16", "2": "Q4_0", "3": "Q4_1", "7": "Q8_0", "8": "Q5_0", "9": "Q5_1", "15": "Q4_K_M", "17": "Q5_K_M", "18": "Q6_K", "32": "BF16"}

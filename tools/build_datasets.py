@@ -29,7 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from iris.plan import DEFAULT_ACTIVITIES  # noqa: E402
+from iris.plan import DEFAULT_ACTIVITIES  # noqa: E402  (the plans the dataset teaches use the activities Iris fills in)
 
 SOURCES = REPO / "data" / "sources"
 OUT_TRAIN = REPO / "data" / "id2223_exam_prep_full.jsonl"
@@ -224,7 +224,6 @@ def drill_rows(topics: list[dict], rng: random.Random, count: int) -> list[dict]
     return rows
 
 
-ACTIVITIES = DEFAULT_ACTIVITIES  # the plans the dataset teaches use the activities Iris's planner fills in
 
 
 def short_title(topic: dict) -> str:
@@ -237,7 +236,7 @@ def study_plan(topics: list[dict], weak: list[dict], start: dt.date, exam: dt.da
     days = [start + dt.timedelta(d) for d in range((exam - start).days) if (start + dt.timedelta(d)).weekday() != 6]
     order = list(topics) + list(weak)
     rng.shuffle(order)
-    items = [(t, ACTIVITIES[i % len(ACTIVITIES)]) for i, t in enumerate(order)]
+    items = [(t, DEFAULT_ACTIVITIES[i % len(DEFAULT_ACTIVITIES)]) for i, t in enumerate(order)]
     per_week: dict = {}
     for d in days:
         per_week[d.isocalendar()[:2]] = per_week.get(d.isocalendar()[:2], 0) + 1

@@ -19,14 +19,10 @@ import shutil
 import subprocess
 import sys
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
 from training.config import REPO, TrainConfig
-
-# peft and TRL still read a property that transformers 5 deprecates: a warning on every run that no user can act on
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
 
