@@ -73,3 +73,11 @@ def test_new_eval_items_re_evaluate(repo):
     _, calls = repo
     assert demo.main(["--eval_items", "30"]) == 0
     assert calls[3][1] and not calls[4][1]
+
+
+@pytest.mark.parametrize("args", [["--train_steps", "-1"], ["--train_steps", "0"], ["--eval_items", "0"], ["--ppl_items", "x"]])
+def test_settings_that_would_mean_all_or_nothing_are_refused(repo, args, capsys):
+    _, calls = repo
+    with pytest.raises(SystemExit) as e:
+        demo.main(args)
+    assert e.value.code == 2 and args[0] in capsys.readouterr().err and not calls

@@ -72,12 +72,23 @@ def decode_speed(path: Path, tokens: int = 64) -> float:
     return tokens / (time.perf_counter() - t)
 
 
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (the scripts below read 0 or -1 as "all", hours on a laptop)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--train_steps", type=int, default=12, help="optimizer steps of 4 conversations each (default 12, sized for a laptop CPU)")
-    ap.add_argument("--eval_items", type=int, default=12, help="held-out items answered per model (default 12)")
-    ap.add_argument("--ppl_items", type=int, default=60, help="held-out items for perplexity (default 60)")
-    ap.add_argument("--max_new_tokens", type=int, default=96)
+    ap.add_argument("--train_steps", type=positive, default=12, help="optimizer steps of 4 conversations each (default 12, sized for a laptop CPU)")
+    ap.add_argument("--eval_items", type=positive, default=12, help="held-out items answered per model (default 12)")
+    ap.add_argument("--ppl_items", type=positive, default=60, help="held-out items for perplexity (default 60)")
+    ap.add_argument("--max_new_tokens", type=positive, default=96)
     args = ap.parse_args(argv)
 
     from training.models import CACHE
