@@ -181,7 +181,9 @@ def parse_plan_lines(text: str, start: date, topics: list[str]) -> list[PlanDay]
             continue
         rest = re.sub(r"\s*\(weak topic\)\s*\.?$", "", match.group(5))
         head, _, activity = rest.partition(":")
-        found = [t for t in topics if t.lower() in head.lower()] or ([MOCK] if "mock" in rest.lower() else [])
+        parts = {p.strip().lower() for p in head.split("+")}
+        found = ([t for t in topics if t.lower() in parts] or [t for t in topics if t.lower() in head.lower()]
+                 or ([MOCK] if "mock" in rest.lower() else []))
         out.append(PlanDay(when, hours, found or [head.strip()], activity.strip() if found and activity else rest.strip(), "model"))
     return out
 

@@ -1,15 +1,18 @@
 """Build the shipped datasets from their sources, deterministically (byte-identical on every run).
 
-Sources (the source of truth, reviewed by hand):
-  data/sources/kb/*.json            curated knowledge base: 63 ID2223 topics, each with explanations, comparisons,
-                                    multiple-choice questions, graded student answers, follow-up dialogues, key
-                                    points, pitfalls and held-out test questions
-  data/sources/general_handwritten.jsonl + general_generated.py   the offline general instruction set
+Sources (the source of truth, reviewed by hand; schema and checks: tools/kb_check.py):
+  data/sources/kb/*.json            curated knowledge base of ID2223 topics: explanations with marking guides,
+                                    comparisons, multiple-choice questions, questions with several graded student
+                                    answers, follow-up dialogues, key points, pitfalls and held-out test questions
+  data/sources/general_handwritten.jsonl   the offline general instruction set (hand-written, ShareGPT format)
 
 Outputs:
-  data/id2223_exam_prep_full.jsonl  training conversations of seven kinds (concept, compare, quiz, feedback,
-                                    cheat_sheet, study_plan, drill), some multi-turn
-  data/id2223_exam_prep_test.jsonl  held-out questions with reference answers and key concepts
+  data/id2223_exam_prep_full.jsonl  training conversations of ten kinds. Study Chat kinds (concept, compare,
+                                    followup) carry Iris's chat system prompt; tool kinds (quiz, quiz_grade, feedback,
+                                    cheat_sheet, study_plan, drill, drill_grade) are built with Iris's own prompt
+                                    functions (iris/prompts.py), system prompt included, and record the tool and its
+                                    arguments in "prompt" so a check can render the same request again
+  data/id2223_exam_prep_test.jsonl  held-out questions (with the chat system prompt), reference answers, key concepts
   data/general_instructions.jsonl   ShareGPT-format general conversations
 
     python tools/build_datasets.py           # rebuild all three files
@@ -19,8 +22,8 @@ Outputs:
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
-import importlib.util
 import json
 import random
 import re
@@ -29,7 +32,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from iris.plan import DEFAULT_ACTIVITIES  # noqa: E402  (the plans the dataset teaches use the activities Iris fills in)
+from iris import plan as iris_plan  # noqa: E402  (plans come from Iris's own scheduler)
+from iris import prompts  # noqa: E402  (the prompts Iris sends)
+from tools.kb_check import check_all  # noqa: E402
 
 SOURCES = REPO / "data" / "sources"
 OUT_TRAIN = REPO / "data" / "id2223_exam_prep_full.jsonl"
@@ -37,15 +42,23 @@ OUT_TEST = REPO / "data" / "id2223_exam_prep_test.jsonl"
 OUT_GENERAL = REPO / "data" / "general_instructions.jsonl"
 SEED = 2223
 LETTERS = "ABCD"
+MAX_USES = 2  # each knowledge-base question (qa, compare, mcq, feedback question) appears in at most this many rows
+STRICT_SHARE = 0.25  # share of tool rows sent with Iris's stricter re-ask prompt (what it sends after a parse failure)
+MAX_WORDS = 300  # per assistant turn
+TOOL_OF_KIND = prompts.TOOL_OF_KIND
 
 
-def load_kb() -> list[dict]:
+def load_kb(kb_dir: Path = SOURCES / "kb") -> list[dict]:
+    paths = sorted(kb_dir.glob("*.json"))
+    problems = check_all(paths)
+    if problems:
+        sys.exit("error: the knowledge base does not pass tools/kb_check.py:\n  " + "\n  ".join(problems[:20])
+                 + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""))
     topics = []
-    for path in sorted((SOURCES / "kb").glob("*.json")):
+    for path in paths:
         area = json.loads(path.read_text(encoding="utf-8"))
-        for t in area["topics"]:
-            topics.append({**t, "area": area["area"]})
-    return topics
+        topics += [{**t, "area": area["area"]} for t in area["topics"]]
+    return sorted(topics, key=lambda t: (t["area"], t["id"]))
 
 
 def words(text: str) -> int:
@@ -57,258 +70,326 @@ def norm(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
-def conv(topic: dict, kind: str, turns: list[str], idx: int) -> dict:
-    roles = ["user", "assistant"]
-    return {
-        "id": f"{topic['id']}-{kind}-{idx}",
-        "topic": topic["id"],
-        "area": topic["area"],
-        "kind": kind,
-        "conversations": [{"role": roles[i % 2], "content": text.strip()} for i, text in enumerate(turns)],
-    }
+def short_title(topic: dict) -> str:
+    """What a student types: the title before any colon, without parentheses ("Tensor (model) parallelism" ->
+    "Tensor parallelism"), unless the topic names its own ``short``."""
+    return topic.get("short") or re.sub(r"\s*\([^)]*\)", "", topic["title"].split(":")[0]).strip()
+
+
+def row(rid: str, topics: list[dict], kind: str, messages: list[dict], turns: list[str], args: dict | None = None) -> dict:
+    """A training row: the request messages (system prompt first), then the alternating turns that follow."""
+    roles = ("assistant", "user")
+    out = {"id": rid, "topic": ",".join(t["id"] for t in topics), "area": topics[0]["area"], "kind": kind,
+           "conversations": messages + [{"role": roles[i % 2], "content": text.strip()} for i, text in enumerate(turns)]}
+    if args is not None:
+        out["prompt"] = {"tool": TOOL_OF_KIND[kind], "args": args}
+    return out
+
+
+def chat_row(rid: str, topic: dict, kind: str, turns: list[str]) -> dict:
+    """A Study Chat row: Iris's chat system prompt, then user/assistant turns."""
+    r = row(rid, [topic], kind, prompts.chat_prompt([], turns[0]), turns[1:])
+    r["prompt"] = {"tool": "study_chat", "args": {"message": turns[0]}}
+    return r
+
+
+class Picker:
+    """Picks knowledge-base items least used first, never more than ``MAX_USES`` times, and balances answer letters."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.uses: collections.Counter = collections.Counter()
+        self.letters: collections.Counter = collections.Counter({x: 0 for x in LETTERS})
+
+    def use(self, key: str) -> None:
+        self.uses[key] += 1
+        if self.uses[key] > MAX_USES:
+            raise AssertionError(f"{key} used {self.uses[key]} times")
+
+    def pick(self, topic: dict, kind: str, k: int = 1) -> list[tuple[str, dict]]:
+        """Up to ``k`` items of ``topic[kind]`` as (key, item), least used first, random among equals."""
+        keyed = [(f"{topic['id']}.{kind}[{i}]", x) for i, x in enumerate(topic[kind])]
+        free = [kx for kx in keyed if self.uses[kx[0]] < MAX_USES]
+        self.rng.shuffle(free)
+        free.sort(key=lambda kx: self.uses[kx[0]])
+        chosen = free[:k]
+        for key, _ in chosen:
+            self.use(key)
+        return chosen
+
+    def checkpoint(self) -> tuple:
+        return self.uses.copy(), self.letters.copy()
+
+    def rollback(self, saved: tuple) -> None:
+        self.uses, self.letters = saved[0].copy(), saved[1].copy()
+
+    def shuffle_mcq(self, q: dict) -> tuple[list[str], str]:
+        """The options reordered so the right one sits at the least used letter so far; returns (options, letter)."""
+        right = q["options"]["ABCD".index(q["answer"])]
+        others = [o for o in q["options"] if o != right]
+        self.rng.shuffle(others)
+        least = min(self.letters.values())
+        letter = self.rng.choice([x for x in LETTERS if self.letters[x] == least])
+        self.letters[letter] += 1
+        i = LETTERS.index(letter)
+        return others[:i] + [right] + others[i:], letter
 
 
 # ---------------------------------------------------------------- quiz and drill formatting (the app parses this)
-def format_mcq(n: int, q: dict) -> str:
-    options = "\n".join(f"{LETTERS[i]}) {opt}" for i, opt in enumerate(q["options"]))
-    return f"**Question {n}.** {q['question']}\n{options}"
+def format_mcq(n: int, question: str, options: list[str]) -> str:
+    return f"**Question {n}.** {question}\n" + "\n".join(f"{LETTERS[i]}) {opt}" for i, opt in enumerate(options))
 
 
-def format_quiz(questions: list[dict]) -> str:
-    body = "\n\n".join(format_mcq(i + 1, q) for i, q in enumerate(questions))
-    key = "\n".join(f"{i + 1}. {q['answer']}: {q['explanation']}" for i, q in enumerate(questions))
-    return f"{body}\n\n**Answer key**\n{key}"
+def mcq_block(picker: Picker, n: int, q: dict) -> tuple[str, str, dict]:
+    """(question text, answer-key line, what grading needs) for one multiple-choice question."""
+    options, letter = picker.shuffle_mcq(q)
+    return format_mcq(n, q["question"], options), f"{n}. {letter}: {q['explanation']}", {"kind": "mcq", "answer": letter, "explanation": q["explanation"]}
 
 
-QUIZ_PROMPTS = [
-    "Quiz me on {title}: {n} multiple-choice questions, please.",
-    "Can you make a {n}-question multiple-choice quiz about {title}?",
-    "I want to test myself on {title}. Give me {n} MCQs with an answer key.",
-    "Write {n} multiple-choice questions on {title} for exam practice.",
-    "{n} quick multiple-choice questions on {title}?",
-    "Make a short quiz ({n} questions, four options each) covering {title}.",
-]
-
-FEEDBACK_PROMPTS = [
-    "Question: {q}\nMy answer: {a}\nHow did I do?",
-    "Can you grade my answer?\n\nQ: {q}\nA: {a}",
-    "Here is my answer to an exam question. Is it right?\n\nQuestion: {q}\n\nAnswer: {a}",
-    "I answered \"{q}\" like this: {a}\nWhat am I missing?",
-    "Please give me feedback.\nQuestion: {q}\nStudent answer: {a}",
-]
-
-CHEAT_PROMPTS = [
-    "Make me a cheat sheet on {topics}.",
-    "Cheat sheet for {topics}, please.",
-    "I need a one-page summary of {topics} for the exam.",
-    "Can you condense {topics} into a revision sheet?",
-    "Give me the key facts on {topics} as a cheat sheet.",
-]
-
-DRILL_PROMPTS = [
-    "Give me a mini exam mixing {topics}.",
-    "Drill me: a few mixed questions on {topics}.",
-    "Can you set a short practice exam on {topics}?",
-    "I want a mixed-question drill covering {topics}.",
-]
-
-PLAN_PROMPTS = [
-    "My exam is on {exam}. Today is {today}. I can study about {hours} hours a week. Topics: {topics}. I'm weakest at {weak}. Make me a day-by-day plan.",
-    "Plan my revision: exam on {exam}, starting {today}, {hours} h per week, covering {topics}. Weak spots: {weak}.",
-    "Can you build a study schedule? Start {today}, exam {exam}, roughly {hours} hours each week. Topics are {topics}, and I struggle with {weak}.",
-    "I have {hours} hours a week until my exam on {exam} (today is {today}). I need to cover {topics}, and I'm weakest at {weak}. What should I do each day?",
-]
+def open_block(n: int, kind: str, question: str, guide: list[str]) -> tuple[str, str, dict]:
+    points = "; ".join(g.rstrip(".") for g in guide)
+    return f"**Question {n}.** ({kind}) {question}", f"{n}. A good answer covers: {points}.", {"kind": kind}
 
 
-def join_titles(titles: list[str]) -> str:
-    return titles[0] if len(titles) == 1 else ", ".join(titles[:-1]) + " and " + titles[-1]
+def strict(rng: random.Random) -> bool:
+    return rng.random() < STRICT_SHARE
 
 
-def quiz_rows(topic: dict, rng: random.Random) -> list[dict]:
-    rows, seen = [], set()
-    pool = topic["mcq"]
-    for i in range(3):
-        n = [3, 4, 3][i]
-        while True:
-            picked = tuple(sorted(rng.sample(range(len(pool)), n)))
-            if picked not in seen:
-                seen.add(picked)
-                break
-        questions = [pool[j] for j in picked]
-        answer = format_quiz(questions)
-        while words(answer) > 300 and len(questions) > 2:
-            questions = questions[:-1]
-            answer = format_quiz(questions)
-        prompt = rng.choice(QUIZ_PROMPTS).format(title=short_title(topic), n=len(questions))
-        rows.append(conv(topic, "quiz", [prompt, answer], i))
+# ---------------------------------------------------------------------------------------------- grading turns
+def wrong_letter(rng: random.Random, right: str) -> str:
+    return rng.choice([x for x in LETTERS if x != right])
+
+
+def grade_reply(graded: list[tuple[float, str]]) -> str:
+    """The tutor's reply to "My answers: ...": a score, then one line per question."""
+    score = sum(p for p, _ in graded)
+    lines = [f"{i}. {text}" for i, (_, text) in enumerate(graded, start=1)]
+    return f"Score: {score:g} of {len(graded)}.\n\n" + "\n".join(lines)
+
+
+def mcq_grade(rng: random.Random, meta: dict, right: bool) -> tuple[str, tuple[float, str]]:
+    given = meta["answer"] if right else wrong_letter(rng, meta["answer"])
+    text = (f"Right: {given}. {meta['explanation']}" if right
+            else f"Not quite: you chose {given}, the answer is {meta['answer']}. {meta['explanation']}")
+    return given, (float(right), text)
+
+
+VERDICT_POINTS = {"correct": 1.0, "partly correct": 0.5, "wrong": 0.0}
+VERDICT_WORDS = {"correct": "Correct", "partly correct": "Partly correct", "wrong": "Wrong"}
+
+
+# ------------------------------------------------------------------------------------------------- quizzes
+def quiz_rows(topic: dict, picker: Picker, rng: random.Random) -> list[dict]:
+    """Three quizzes of 3-5 questions; the last one continues with the student's answers and their grading."""
+    rows = []
+    for i, n in enumerate(rng.sample([3, 3, 4, 4, 5], 3)):
+        picked = picker.pick(topic, "mcq", n)
+        blocks = [mcq_block(picker, j + 1, q) for j, (_, q) in enumerate(picked)]
+        while words(quiz_text(blocks)) > MAX_WORDS and len(blocks) > 2:
+            blocks = blocks[:-1]
+        args = {"topic": short_title(topic), "n": len(blocks), "difficulty": rng.choice(prompts.DIFFICULTIES), "strict": strict(rng)}
+        turns = [quiz_text(blocks)]
+        kind = "quiz"
+        if i == 2:
+            kind = "quiz_grade"
+            answers, graded = [], []
+            for j, (_, _, meta) in enumerate(blocks):
+                given, g = mcq_grade(rng, meta, right=rng.random() < 0.6 or j == 0)
+                answers.append(given)
+                graded.append(g)
+            turns += [prompts.grade_request(answers), grade_reply(graded)]
+        rows.append(row(f"{topic['id']}-{kind}-{i}", [topic], kind, prompts.quiz_prompt(**args), turns, args))
     return rows
 
 
-def feedback_rows(topic: dict, rng: random.Random) -> list[dict]:
+def quiz_text(blocks) -> str:
+    return "\n\n".join(b[0] for b in blocks) + "\n\n**Answer key**\n" + "\n".join(b[1] for b in blocks)
+
+
+# ------------------------------------------------------------------------------------------------ feedback
+def feedback_rows(topic: dict, picker: Picker, rng: random.Random) -> list[dict]:
+    """One row per graded student answer: the verdict, the feedback, then the model answer."""
     rows = []
     for i, fb in enumerate(topic["feedback"]):
-        prompt = rng.choice(FEEDBACK_PROMPTS).format(q=fb["question"], a=fb["student_answer"])
-        answer = f"Verdict: {fb['verdict']}.\n\n{fb['feedback']}"
-        rows.append(conv(topic, "feedback", [prompt, answer], i))
+        picker.use(f"{topic['id']}.feedback[{i}]")
+        for j, a in enumerate(fb["answers"]):
+            args = {"question": fb["question"], "answer": a["student_answer"], "strict": strict(rng)}
+            reply = f"Verdict: {a['verdict']}.\n\n{a['feedback']}\n\nModel answer: {fb['model_answer']}"
+            rows.append(row(f"{topic['id']}-feedback-{i}-{j}", [topic], "feedback", prompts.feedback_prompt(**args), [reply], args))
     return rows
 
 
+# --------------------------------------------------------------------------------------------- cheat sheets
 def cheat_sheet(topics: list[dict], rng: random.Random, points_per_topic: int) -> str:
     parts = []
     for t in topics:
         points = rng.sample(t["key_points"], min(points_per_topic, len(t["key_points"])))
         pitfall = rng.choice(t["pitfalls"])
-        lines = [f"**{t['title']}**", t["summary"] if len(topics) == 1 else t["summary"].split(". ")[0].rstrip(".") + "."]
-        lines += [f"- {p}" for p in points]
-        lines.append(f"- Watch out: {pitfall}")
+        summary = t["summary"] if len(topics) == 1 else t["summary"].split(". ")[0].rstrip(".") + "."
+        lines = [f"**{t['title']}**", summary] + [f"- {p}" for p in points] + [f"- Watch out: {pitfall}"]
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
 
 def cheat_rows(topic: dict, by_id: dict, rng: random.Random) -> list[dict]:
-    rows = []
     related = [by_id[r] for r in topic["related"] if r in by_id]
     groups = [[topic], [topic] + related[:1], [topic] + related[1:2]] if len(related) > 1 else [[topic], [topic] + related[:1]]
+    rows = []
     for i, group in enumerate(groups):
         per = 6 if len(group) == 1 else 4
         sheet = cheat_sheet(group, rng, per)
-        while words(sheet) > 300 and per > 2:
+        while words(sheet) > MAX_WORDS and per > 2:
             per -= 1
             sheet = cheat_sheet(group, rng, per)
-        prompt = rng.choice(CHEAT_PROMPTS).format(topics=join_titles([short_title(t) for t in group]))
-        rows.append(conv(topic, "cheat_sheet", [prompt, sheet], i))
+        args = {"topics": [short_title(t) for t in group]}
+        rows.append(row(f"{topic['id']}-cheat_sheet-{i}", group, "cheat_sheet", prompts.cheat_sheet_prompt(**args), [sheet], args))
     return rows
 
 
-def lead(text: str, max_words: int = 45) -> str:
-    """The first sentences of a model answer, up to about ``max_words`` words."""
-    out = []
-    for sentence in re.split(r"(?<=[.!?])\s+", text.replace("\n", " ")):
-        if out and words(" ".join(out + [sentence])) > max_words:
-            break
-        out.append(sentence)
-    return " ".join(out)
+# ------------------------------------------------------------------------------------------------- drills
+def drill_question(picker: Picker, topic: dict, n: int, kind: str) -> tuple[str, str, dict] | None:
+    """One drill question of ``kind`` (mcq, short answer, compare, graded) from ``topic``, or None when used up."""
+    source = {"mcq": "mcq", "short answer": "qa", "compare": "compare", "graded": "feedback"}[kind]
+    got = picker.pick(topic, source)
+    if not got:
+        return None
+    _, item = got[0]
+    if kind == "mcq":
+        return mcq_block(picker, n, item)
+    if kind == "graded":  # a feedback question: graded later with one of its student answers
+        block = open_block(n, "short answer", item["question"], item["key_points"])
+        return block[0], block[1], {"kind": "short answer", "feedback": item}
+    return open_block(n, kind, item["q"], item["guide"])
 
 
-def drill(topics: list[dict], rng: random.Random) -> tuple[str, str]:
-    """Four questions of mixed kinds (multiple choice, short answer, comparison) and what a good answer covers."""
-    qs, key = [], []
-    for n, t in enumerate(topics, start=1):
-        kind = ["mcq", "short", "compare", "mcq"][(n - 1) % 4] if len(topics) > 1 else "mcq"
-        if kind == "mcq":
-            q = rng.choice(t["mcq"])
-            qs.append(format_mcq(n, q))
-            key.append(f"{n}. {q['answer']}: {q['explanation']}")
-        else:
-            item = rng.choice(t["qa"] if kind == "short" else t["compare"])
-            qs.append(f"**Question {n}.** ({'short answer' if kind == 'short' else 'compare'}) {item['q']}")
-            key.append(f"{n}. A good answer covers: {lead(item['a'])}")
-    return "\n\n".join(qs), "**What to look for**\n" + "\n".join(key)
+DRILL_PATTERNS = {False: [["mcq", "short answer", "compare"], ["short answer", "mcq", "compare"], ["mcq", "short answer", "compare", "short answer"]],
+                  True: [["mcq", "graded", "mcq"], ["graded", "mcq", "mcq"]]}
 
 
-def drill_rows(topics: list[dict], rng: random.Random, count: int) -> list[dict]:
+def drill_rows(topics: list[dict], picker: Picker, rng: random.Random, count: int, graded_every: int = 4) -> list[dict]:
+    """Mixed drills over 2-4 topics; every ``graded_every``-th continues with the student's answers and their grading."""
     rows = []
     for i in range(count):
-        group = rng.sample(topics, rng.choice([3, 3, 4]))
-        questions, key = drill(group, rng)
-        prompt = rng.choice(DRILL_PROMPTS).format(topics=join_titles([short_title(t) for t in group]))
-        answer = f"{questions}\n\n{key}"
-        if words(answer) > 300:
-            group = group[:3]
-            questions, key = drill(group, rng)
-            answer = f"{questions}\n\n{key}"
-        row = conv(group[0], "drill", [prompt, answer], i)
-        row["id"] = f"drill-{i}"
-        row["topic"] = ",".join(t["id"] for t in group)
-        rows.append(row)
+        graded = i % graded_every == graded_every - 1
+        for _ in range(50):  # another mix when the questions are used up or the text runs over MAX_WORDS
+            saved = picker.checkpoint()
+            built = try_drill(topics, picker, rng, graded)
+            if built and all(words(t) <= MAX_WORDS for t in built[1][::2]):
+                break
+            picker.rollback(saved)
+        else:
+            raise AssertionError(f"drill {i}: no mix of unused questions fits {MAX_WORDS} words")
+        group, turns, args = built
+        kind = "drill_grade" if graded else "drill"
+        rows.append(row(f"drill-{i}", group, kind, prompts.drill_prompt(**args), turns, args))
     return rows
 
 
+def try_drill(topics: list[dict], picker: Picker, rng: random.Random, graded: bool):
+    pattern = rng.choice(DRILL_PATTERNS[graded])
+    group = rng.sample(topics, min(len(pattern), rng.choice([2, 3, 3, 4])))
+    blocks = []
+    for n, kind in enumerate(pattern, start=1):
+        b = drill_question(picker, group[(n - 1) % len(group)], n, kind)
+        if b is None:
+            return None
+        blocks.append(b)
+    turns = ["\n\n".join(b[0] for b in blocks) + "\n\n**What to look for**\n" + "\n".join(b[1] for b in blocks)]
+    if graded:
+        answers, lines = [], []
+        for b in blocks:
+            meta = b[2]
+            if meta["kind"] == "mcq":
+                given, g = mcq_grade(rng, meta, right=rng.random() < 0.6)
+            else:
+                a = rng.choice(meta["feedback"]["answers"])
+                given, g = a["student_answer"], (VERDICT_POINTS[a["verdict"]], f"{VERDICT_WORDS[a['verdict']]}. {a['feedback']}")
+            answers.append(given)
+            lines.append(g)
+        turns += [prompts.grade_request(answers), grade_reply(lines)]
+    return group, turns, {"topics": [short_title(t) for t in group], "n": len(blocks), "strict": strict(rng)}
 
 
-def short_title(topic: dict) -> str:
-    return topic["title"].split(":")[0].split(" (")[0]
+# ---------------------------------------------------------------------------------------------- study plans
+ACTIVITIES = [  # {q}: one of the topic's own questions; the line already names the topic
+    "answer \"{q}\" from memory, then check it against your notes",
+    "write a one-page summary with one worked example",
+    "explain it aloud in five minutes, then check what you missed",
+    "do a practice quiz and review every wrong answer",
+    "list its common pitfalls and how to avoid each",
+    "draw the main diagram and annotate each part",
+    "write an exam-style answer to \"{q}\" in ten minutes",
+    "make flashcards for the key terms and test yourself twice",
+    "compare it with a related topic in a short table",
+    "redo the questions you got wrong in the last quiz",
+]
 
 
-def study_plan(topics: list[dict], weak: list[dict], start: dt.date, exam: dt.date, hours: int, rng: random.Random) -> str:
-    """A day-by-day plan: Sundays off, weak topics twice, a mock exam on the last day, never more than ``hours`` per
-    calendar week (the hours of each week are split evenly over its study days, in half-hour steps)."""
-    days = [start + dt.timedelta(d) for d in range((exam - start).days) if (start + dt.timedelta(d)).weekday() != 6]
-    order = list(topics) + list(weak)
-    rng.shuffle(order)
-    items = [(t, DEFAULT_ACTIVITIES[i % len(DEFAULT_ACTIVITIES)]) for i, t in enumerate(order)]
-    per_week: dict = {}
-    for d in days:
-        per_week[d.isocalendar()[:2]] = per_week.get(d.isocalendar()[:2], 0) + 1
-    lines, total = [], 0.0
-    for i, day in enumerate(days):
-        h = max(0.5, int(hours / per_week[day.isocalendar()[:2]] * 2) / 2)
-        total += h
-        label = f"- {day.strftime('%a %d %b')}, {h:g} h:"
-        if i == len(days) - 1:
-            lines.append(f"{label} mock exam covering every topic, then revisit {join_titles([short_title(t) for t in weak])}.")
-        else:
-            t, activity = items[i % len(items)]
-            lines.append(f"{label} {short_title(t)}: {activity}{' (weak topic)' if t in weak else ''}.")
-    head = (f"{len(days)} study days, {total:g} hours in all, at most {hours} h in any week, Sundays off. "
-            f"Weak topics appear twice; the last day is a mock exam.")
-    return head + "\n\n" + "\n".join(lines) + f"\n\nExam day ({exam.strftime('%a %d %b')}): light review only."
+def activity(topic: dict, rng: random.Random) -> str:
+    return rng.choice(ACTIVITIES).format(q=rng.choice(topic["qa"])["q"].rstrip("?.") + "?")
+
+
+def plan_answer(topics: list[dict], weak: list[dict], start: dt.date, exam: dt.date, hours: float, rng: random.Random) -> str:
+    """A plan from Iris's scheduler (so it passes ``check_plan``) with activities that name each day's topic."""
+    names = {short_title(t): t for t in topics}
+    schedule = iris_plan.build_schedule(start, exam, hours, list(names), [short_title(t) for t in weak])
+    for day in schedule.days:
+        if not day.activity:
+            day.activity = activity(names[day.topics[0]], rng) if len(day.topics) == 1 else "review both topics, then do a mixed practice quiz"
+    problems = iris_plan.check_plan(schedule.days, start, exam, hours, schedule.topics, schedule.weak)
+    if problems:
+        raise AssertionError(f"Iris's scheduler made a plan that fails check_plan: {problems}")
+    return "\n".join(d.line() + "." for d in schedule.days) + f"\n\nExam day ({exam:%a %d %b}): light review only."
 
 
 def plan_rows(topics: list[dict], rng: random.Random, count: int) -> list[dict]:
     rows = []
-    for i in range(count):
-        group = rng.sample(topics, rng.choice([3, 4, 5]))
-        weak = rng.sample(group, rng.choice([1, 1, 2]))
-        start = dt.date(2026, 1, 1) + dt.timedelta(rng.randrange(0, 330))
-        exam = start + dt.timedelta(rng.randrange(7, 15))
-        hours = rng.choice([4, 5, 6, 8, 10, 12])
-        answer = study_plan(group, weak, start, exam, hours, rng)
-        prompt = rng.choice(PLAN_PROMPTS).format(
-            exam=exam.isoformat(), today=start.isoformat(), hours=hours,
-            topics=join_titles([short_title(t) for t in group]), weak=join_titles([short_title(t) for t in weak]),
-        )
-        row = conv(group[0], "study_plan", [prompt, answer], i)
-        row["id"] = f"plan-{i}"
-        row["topic"] = ",".join(t["id"] for t in group)
-        rows.append(row)
+    while len(rows) < count:
+        group = rng.sample(topics, rng.choice([2, 3, 4, 5]))
+        weak = rng.sample(group, rng.choice([0, 1, 1, 2]))
+        start = dt.date(2026, 1, 1) + dt.timedelta(rng.randrange(0, 365))
+        exam = start + dt.timedelta(rng.randrange(5, 22))
+        hours = rng.choice([3, 4, 5, 6, 7.5, 8, 10, 12])
+        answer = plan_answer(group, weak, start, exam, hours, rng)
+        if words(answer) > MAX_WORDS:
+            continue
+        args = {"start": start.isoformat(), "exam": exam.isoformat(), "hours": hours,
+                "topics": [short_title(t) for t in group], "weak": [short_title(t) for t in weak]}
+        rows.append(row(f"plan-{len(rows)}", group, "study_plan", prompts.study_plan_prompt(**args), [answer], args))
     return rows
 
 
+# ---------------------------------------------------------------------------------------------- the files
 def build_exam(topics: list[dict]) -> tuple[list[dict], list[dict]]:
     rng = random.Random(SEED)
+    picker = Picker(rng)
     by_id = {t["id"]: t for t in topics}
     train = []
     for t in topics:
-        train += [conv(t, "concept", [x["q"], x["a"]], i) for i, x in enumerate(t["qa"])]
-        train += [conv(t, "compare", [x["q"], x["a"]], i) for i, x in enumerate(t["compare"])]
-        train += [conv(t, "followup", [x["q1"], x["a1"], x["q2"], x["a2"]], i) for i, x in enumerate(t["followups"])]
-        train += quiz_rows(t, rng)
-        train += feedback_rows(t, rng)
+        for kind, source in (("concept", "qa"), ("compare", "compare")):
+            for i, x in enumerate(t[source]):
+                picker.use(f"{t['id']}.{source}[{i}]")
+                train.append(chat_row(f"{t['id']}-{kind}-{i}", t, kind, [x["q"], x["a"]]))
+        train += [chat_row(f"{t['id']}-followup-{i}", t, "followup", [x["q1"], x["a1"], x["q2"], x["a2"]]) for i, x in enumerate(t["followups"])]
+    for t in topics:  # generated kinds after every explanation row, so the picker spreads questions evenly
+        train += quiz_rows(t, picker, rng)
+        train += feedback_rows(t, picker, rng)
         train += cheat_rows(t, by_id, rng)
-    train += drill_rows(topics, rng, 200)
+    train += drill_rows(topics, picker, rng, 200)
     train += plan_rows(topics, rng, 200)
     test = [
-        {
-            "id": f"{t['id']}-test-{i}", "topic": t["id"], "area": t["area"], "kind": "test",
-            "key_concepts": x["key_concepts"],
-            "conversations": [{"role": "user", "content": x["question"]}, {"role": "assistant", "content": x["reference"]}],
-        }
+        {"id": f"{t['id']}-test-{i}", "topic": t["id"], "area": t["area"], "kind": "test", "key_concepts": x["key_concepts"],
+         "conversations": prompts.chat_prompt([], x["question"]) + [{"role": "assistant", "content": x["reference"]}]}
         for t in topics for i, x in enumerate(t["test"])
     ]
-    train_q = {norm(r["conversations"][0]["content"]) for r in train}
-    leaked = [r["id"] for r in test if norm(r["conversations"][0]["content"]) in train_q]
+    train_q = {norm(m["content"]) for r in train for m in r["conversations"] if m["role"] == "user"}
+    leaked = [r["id"] for r in test if norm(r["conversations"][1]["content"]) in train_q]
     if leaked:
         sys.exit(f"error: held-out questions also in the training file: {leaked[:5]}. Edit data/sources/kb.")
     return train, test
 
-
 def build_general() -> list[dict]:
     rows = [json.loads(line) for line in (SOURCES / "general_handwritten.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
-    spec = importlib.util.spec_from_file_location("general_generated", SOURCES / "general_generated.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    rows += module.generate()
     random.Random(SEED).shuffle(rows)
     return rows
 
