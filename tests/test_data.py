@@ -5,11 +5,15 @@ from __future__ import annotations
 import collections
 import json
 import re
+from datetime import date
+from pathlib import Path
 
 import pytest
 from conftest import run_script
 
-from tools import data_report
+from iris import tasks
+from iris.prompts import SYSTEM_PROMPTS
+from tools import build_datasets, data_report, kb_check
 from training import dataset_utils as du
 
 TRAIN, TEST, GENERAL = du.EXAM_DATA, du.EXAM_TEST_DATA, du.GENERAL_DATA
@@ -29,6 +33,8 @@ def test_exam_training_file_meets_the_dataset_bar():
     near = {re.sub(r"[^a-z0-9]+", " ", a.lower()).strip() for a in finals}
     assert 1 - len(near) / len(rows) < 0.02
     kinds = collections.Counter(r["kind"] for r in rows)
+    kinds["quiz"] += kinds["quiz_grade"]
+    kinds["drill"] += kinds["drill_grade"]
     for kind in ("concept", "compare", "quiz", "feedback", "cheat_sheet", "study_plan", "drill"):
         assert kinds[kind] >= 150, kind
     assert sum(1 for r in rows if sum(m["role"] == "user" for m in r["messages"]) >= 2) >= 200
@@ -49,7 +55,8 @@ def test_held_out_split_is_disjoint_and_covers_every_area():
     assert len(test) >= 200
     norm = data_report.norm
     train_q = {norm(m["content"]) for r in train for m in r["messages"] if m["role"] == "user"}
-    assert not [r["id"] for r in test if norm(r["messages"][0]["content"]) in train_q]
+    assert not [r["id"] for r in test if norm(data_report.first_user(r)) in train_q]
+    assert all(r["messages"][0] == {"role": "system", "content": SYSTEM_PROMPTS["study_chat"]} for r in test)
     assert all(r["key_concepts"] and r["messages"][-1]["role"] == "assistant" for r in test)
     for r in test:
         for c in r["key_concepts"]:
@@ -59,13 +66,115 @@ def test_held_out_split_is_disjoint_and_covers_every_area():
 
 def test_general_set_is_sharegpt_varied_and_multi_turn():
     lines = [json.loads(x) for x in GENERAL.read_text().splitlines()]
-    assert len(lines) >= 600
+    assert len(lines) >= 450
     assert all("conversations" in x and {"from", "value"} <= set(x["conversations"][0]) for x in lines)
     rows = du.load_conversations(GENERAL)
     multi = sum(1 for r in rows if sum(m["role"] == "user" for m in r["messages"]) >= 2)
     assert multi / len(rows) >= 0.25
     cats = collections.Counter(x["category"] for x in lines)
     assert {"explanation", "summary", "email_letter", "list_sorting", "step_by_step", "tips", "rewriting"} <= set(cats)
+
+
+# ------------------------------------------------------------------ train/serve parity
+def captured_requests(kind: str, args: dict) -> list[list[dict]]:
+    """The requests Iris's own task function sends for ``args`` (first try and stricter re-ask), via a fake model."""
+    sent = []
+
+    def generate(messages, tool):
+        sent.append(messages)
+        return "nothing parseable"
+
+    if kind in ("quiz", "quiz_grade"):
+        tasks.run_quiz(generate, args["topic"], args["n"], args["difficulty"])
+    elif kind == "feedback":
+        tasks.run_feedback(generate, args["question"], args["answer"])
+    elif kind == "cheat_sheet":
+        tasks.run_cheat_sheet(generate, args["topics"], "model")
+    elif kind == "study_plan":
+        tasks.run_study_plan(generate, date.fromisoformat(args["start"]), date.fromisoformat(args["exam"]), args["hours"], args["topics"], args["weak"])
+    elif kind in ("drill", "drill_grade"):
+        tasks.run_drill(generate, args["topics"], args["n"])
+    else:
+        sent.append(tasks.chat_messages([], args["message"], lambda text: len(text.split()), 4096, 512)[0])
+    return sent
+
+
+def test_every_kind_of_training_row_is_the_request_iris_sends():
+    rows = du.load_conversations(TRAIN)
+    by_kind = collections.defaultdict(list)
+    for r in rows:
+        by_kind[r["kind"]].append(r)
+    assert set(by_kind) == set(data_report.TOOL_OF_KIND)
+    for kind, group in by_kind.items():
+        for r in group[:: max(1, len(group) // 5)]:  # about five rows of each kind, spread over the file
+            args = r["prompt"]["args"]
+            assert r["messages"][:2] in captured_requests(kind, args), (kind, r["id"])
+
+
+# ------------------------------------------------------------------ data v2 gates
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_v2_gates_fail_on_a_file_built_like_v1_and_pass_on_the_shipped_files(tmp_path):
+    """The fixtures are rows of the v1 files (commit 315e017): the exam file's first plans that fail and pass
+    check_plan, quizzes, drills, feedback and concept rows, the quiz row whose question test item 245 reworded;
+    and the general file's first 150 rows."""
+    rep = data_report.report(FIXTURES / "exam_v1_sample.jsonl", FIXTURES / "exam_v1_test_sample.jsonl", model=None)
+    limits = {flag: default for flag, default, _ in data_report.GATES.values()}
+    failed = {f.split(" =")[0] for f in data_report.check_gates(rep, limits)}
+    assert failed >= {"prompt_mismatch_rate", "plan_invalid_rate", "correct_longest_rate", "top_opening_rate", "test_near_dup_rate"}
+    assert rep["plan_invalid_rate"] == 0.5  # 15 of the 30 sampled plans fail Iris's check_plan
+    general = data_report.report(FIXTURES / "general_v1_sample.jsonl", model=None)
+    assert "top_opening_rate" in {f.split(" =")[0] for f in data_report.check_gates(general, limits)}
+
+    rep = data_report.report(TRAIN, TEST, model=None)
+    assert data_report.check_gates(rep, limits) == []
+    assert rep["prompt_mismatch_rate"] == 0 and rep["plan_invalid_rate"] == 0 and rep["correct_longest_rate"] <= 0.35
+    letters = rep["answer_letters"]
+    assert max(letters.values()) - min(letters.values()) <= 0.05 * sum(letters.values())
+    general = data_report.report(GENERAL, model=None)
+    assert data_report.check_gates(general, limits) == []
+
+
+def test_prompt_gate_catches_a_reworded_request_and_a_missing_record():
+    rows = [r for r in du.load_conversations(TRAIN) if r["kind"] == "quiz"][:4]
+    assert data_report.serving_checks(rows)["prompt_mismatch_rate"] == 0
+    rows[0]["messages"][1] = {**rows[0]["messages"][1], "content": rows[0]["messages"][1]["content"].replace("Can you make", "Make")}
+    del rows[1]["prompt"]
+    assert data_report.serving_checks(rows)["prompt_mismatch_rate"] == 0.5
+
+
+def test_plan_gate_reads_a_plan_that_drops_a_topic():
+    plan_row = next(r for r in du.load_conversations(TRAIN) if r["kind"] == "study_plan" and len(r["prompt"]["args"]["topics"]) >= 3)
+    assert data_report.plan_problems(plan_row) == []
+    dropped = plan_row["prompt"]["args"]["topics"][-1]
+    answer = "\n".join(line for line in plan_row["messages"][-1]["content"].splitlines() if dropped not in line)
+    plan_row["messages"][-1] = {"role": "assistant", "content": answer}
+    assert any("not covered" in p for p in data_report.plan_problems(plan_row))
+
+
+def test_kb_check_names_what_breaks_the_rules():
+    topic = json.loads(next((du.REPO / "data" / "sources" / "kb").glob("*.json")).read_text())["topics"][0]
+    assert kb_check.check_topic(topic) == []
+    bad = json.loads(json.dumps(topic))
+    bad["mcq"][0]["explanation"] = "Option B is right because of the all-reduce."
+    bad["feedback"][0]["answers"][1]["verdict"] = bad["feedback"][0]["answers"][0]["verdict"]
+    bad["qa"][0].pop("guide")
+    problems = kb_check.check_topic(bad)
+    assert any("mcq[0]" in p and "letter" in p for p in problems)
+    assert any("feedback[0].answers" in p and "different verdicts" in p for p in problems)
+    assert any("qa[0]: missing guide" in p for p in problems)
+
+
+def test_builder_uses_each_question_at_most_twice_and_balances_letters():
+    topics = build_datasets.load_kb()
+    train, _ = build_datasets.build_exam(topics)
+    mcq_text = collections.Counter()
+    for r in train:
+        if r["kind"] in data_report.MCQ_KINDS:
+            mcq_text.update(q.text for q in data_report.logic.parse_questions(r["conversations"][2]["content"], mcq_only=False))
+    assert max(mcq_text.values()) <= build_datasets.MAX_USES
+    assert {t["id"] for t in topics} >= {"llm_agents", "scaling_laws", "streaming_feature_pipelines", "model_deployment"}
 
 
 # ------------------------------------------------------------------ cleaning

@@ -4,7 +4,7 @@ Sources (the source of truth, reviewed by hand; schema and checks: tools/kb_chec
   data/sources/kb/*.json            curated knowledge base of ID2223 topics: explanations with marking guides,
                                     comparisons, multiple-choice questions, questions with several graded student
                                     answers, follow-up dialogues, key points, pitfalls and held-out test questions
-  data/sources/general_handwritten.jsonl   the offline general instruction set (hand-written, ShareGPT format)
+  data/sources/general_*.jsonl      the offline general instruction set (hand-written, ShareGPT format)
 
 Outputs:
   data/id2223_exam_prep_full.jsonl  training conversations of ten kinds. Study Chat kinds (concept, compare,
@@ -45,6 +45,19 @@ LETTERS = "ABCD"
 MAX_USES = 2  # each knowledge-base question (qa, compare, mcq, feedback question) appears in at most this many rows
 STRICT_SHARE = 0.25  # share of tool rows sent with Iris's stricter re-ask prompt (what it sends after a parse failure)
 MAX_WORDS = 300  # per assistant turn
+MAX_TOKENS = 512  # per conversation under the chat template: the trainer's default max_length, so nothing is truncated
+
+
+def est_tokens(messages: list[dict]) -> int:
+    """A tokenizer-free upper estimate of a conversation's tokens under the chat template: letter runs, digits and
+    punctuation marks, plus 5 per message, times 1.15 (SmolLM2's tokenizer measured 0.97-1.22x this count, median 1.05,
+    on the built rows)."""
+    pieces = sum(len(re.findall(r"[A-Za-z]+|\d|[^\w\s]", m["content"])) + 5 for m in messages)
+    return int(pieces * 1.15)
+
+
+def fits(messages: list[dict], turns: list[str]) -> bool:
+    return all(words(t) <= MAX_WORDS for t in turns[::2]) and est_tokens(messages + [{"content": t} for t in turns]) <= MAX_TOKENS
 TOOL_OF_KIND = prompts.TOOL_OF_KIND
 
 
@@ -180,24 +193,30 @@ VERDICT_WORDS = {"correct": "Correct", "partly correct": "Partly correct", "wron
 
 # ------------------------------------------------------------------------------------------------- quizzes
 def quiz_rows(topic: dict, picker: Picker, rng: random.Random) -> list[dict]:
-    """Three quizzes of 3-5 questions; the last one continues with the student's answers and their grading."""
+    """Three quizzes of 2-5 questions; the last one continues with the student's answers and their grading."""
     rows = []
-    for i, n in enumerate(rng.sample([3, 3, 4, 4, 5], 3)):
+    for i, n in enumerate(rng.sample([3, 3, 4, 4, 5], 2) + [3]):
+        kind = "quiz_grade" if i == 2 else "quiz"
+        saved = picker.checkpoint()
         picked = picker.pick(topic, "mcq", n)
-        blocks = [mcq_block(picker, j + 1, q) for j, (_, q) in enumerate(picked)]
-        while words(quiz_text(blocks)) > MAX_WORDS and len(blocks) > 2:
-            blocks = blocks[:-1]
-        args = {"topic": short_title(topic), "n": len(blocks), "difficulty": rng.choice(prompts.DIFFICULTIES), "strict": strict(rng)}
-        turns = [quiz_text(blocks)]
-        kind = "quiz"
-        if i == 2:
-            kind = "quiz_grade"
-            answers, graded = [], []
-            for j, (_, _, meta) in enumerate(blocks):
-                given, g = mcq_grade(rng, meta, right=rng.random() < 0.6 or j == 0)
-                answers.append(given)
-                graded.append(g)
-            turns += [prompts.grade_request(answers), grade_reply(graded)]
+        difficulty, strict_ = rng.choice(prompts.DIFFICULTIES), strict(rng)
+        for k in range(len(picked), 0, -1):  # fewer questions until the conversation fits MAX_TOKENS
+            picker.rollback(saved)
+            picked = picker.pick(topic, "mcq", k)
+            blocks = [mcq_block(picker, j + 1, q) for j, (_, q) in enumerate(picked)]
+            args = {"topic": short_title(topic), "n": len(blocks), "difficulty": difficulty, "strict": strict_}
+            turns = [quiz_text(blocks)]
+            if kind == "quiz_grade":
+                answers, graded = [], []
+                for j, (_, _, meta) in enumerate(blocks):
+                    given, g = mcq_grade(rng, meta, right=rng.random() < 0.6 or j == 0)
+                    answers.append(given)
+                    graded.append(g)
+                turns += [prompts.grade_request(answers), grade_reply(graded)]
+            if fits(prompts.quiz_prompt(**args), turns):
+                break
+        else:
+            raise AssertionError(f"{topic['id']}: no quiz fits {MAX_TOKENS} tokens")
         rows.append(row(f"{topic['id']}-{kind}-{i}", [topic], kind, prompts.quiz_prompt(**args), turns, args))
     return rows
 
@@ -236,12 +255,13 @@ def cheat_rows(topic: dict, by_id: dict, rng: random.Random) -> list[dict]:
     groups = [[topic], [topic] + related[:1], [topic] + related[1:2]] if len(related) > 1 else [[topic], [topic] + related[:1]]
     rows = []
     for i, group in enumerate(groups):
-        per = 6 if len(group) == 1 else 4
-        sheet = cheat_sheet(group, rng, per)
-        while words(sheet) > MAX_WORDS and per > 2:
-            per -= 1
-            sheet = cheat_sheet(group, rng, per)
         args = {"topics": [short_title(t) for t in group]}
+        for per in range(6 if len(group) == 1 else 4, 0, -1):  # fewer points per topic until it fits
+            sheet = cheat_sheet(group, rng, per)
+            if fits(prompts.cheat_sheet_prompt(**args), [sheet]):
+                break
+        else:
+            raise AssertionError(f"{topic['id']}: no cheat sheet on {args['topics']} fits {MAX_TOKENS} tokens")
         rows.append(row(f"{topic['id']}-cheat_sheet-{i}", group, "cheat_sheet", prompts.cheat_sheet_prompt(**args), [sheet], args))
     return rows
 
@@ -263,7 +283,7 @@ def drill_question(picker: Picker, topic: dict, n: int, kind: str) -> tuple[str,
 
 
 DRILL_PATTERNS = {False: [["mcq", "short answer", "compare"], ["short answer", "mcq", "compare"], ["mcq", "short answer", "compare", "short answer"]],
-                  True: [["mcq", "graded", "mcq"], ["graded", "mcq", "mcq"]]}
+                  True: [["mcq", "graded"], ["graded", "mcq"], ["mcq", "graded", "mcq"]]}
 
 
 def drill_rows(topics: list[dict], picker: Picker, rng: random.Random, count: int, graded_every: int = 4) -> list[dict]:
@@ -274,11 +294,11 @@ def drill_rows(topics: list[dict], picker: Picker, rng: random.Random, count: in
         for _ in range(50):  # another mix when the questions are used up or the text runs over MAX_WORDS
             saved = picker.checkpoint()
             built = try_drill(topics, picker, rng, graded)
-            if built and all(words(t) <= MAX_WORDS for t in built[1][::2]):
+            if built and fits(prompts.drill_prompt(**built[2]), built[1]):
                 break
             picker.rollback(saved)
         else:
-            raise AssertionError(f"drill {i}: no mix of unused questions fits {MAX_WORDS} words")
+            raise AssertionError(f"drill {i}: no mix of unused questions fits {MAX_TOKENS} tokens")
         group, turns, args = built
         kind = "drill_grade" if graded else "drill"
         rows.append(row(f"drill-{i}", group, kind, prompts.drill_prompt(**args), turns, args))
@@ -351,10 +371,10 @@ def plan_rows(topics: list[dict], rng: random.Random, count: int) -> list[dict]:
         exam = start + dt.timedelta(rng.randrange(5, 22))
         hours = rng.choice([3, 4, 5, 6, 7.5, 8, 10, 12])
         answer = plan_answer(group, weak, start, exam, hours, rng)
-        if words(answer) > MAX_WORDS:
-            continue
         args = {"start": start.isoformat(), "exam": exam.isoformat(), "hours": hours,
                 "topics": [short_title(t) for t in group], "weak": [short_title(t) for t in weak]}
+        if not fits(prompts.study_plan_prompt(**args), [answer]):
+            continue
         rows.append(row(f"plan-{len(rows)}", group, "study_plan", prompts.study_plan_prompt(**args), [answer], args))
     return rows
 
@@ -389,7 +409,8 @@ def build_exam(topics: list[dict]) -> tuple[list[dict], list[dict]]:
     return train, test
 
 def build_general() -> list[dict]:
-    rows = [json.loads(line) for line in (SOURCES / "general_handwritten.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [json.loads(line) for path in sorted(SOURCES.glob("general_*.jsonl"))
+            for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     random.Random(SEED).shuffle(rows)
     return rows
 

@@ -32,12 +32,11 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import re
 import sys
-from pathlib import Path
-
-import math
 from datetime import date
+from pathlib import Path
 
 from iris import logic, prompts
 from iris import plan as iris_plan
