@@ -119,12 +119,12 @@ class Picker:
         if self.uses[key] > MAX_USES:
             raise AssertionError(f"{key} used {self.uses[key]} times")
 
-    def pick(self, topic: dict, kind: str, k: int = 1) -> list[tuple[str, dict]]:
-        """Up to ``k`` items of ``topic[kind]`` as (key, item), least used first, random among equals."""
+    def pick(self, topic: dict, kind: str, k: int = 1, short: bool = False) -> list[tuple[str, dict]]:
+        """Up to ``k`` items of ``topic[kind]`` as (key, item), least used first, random (or ``short``est) among equals."""
         keyed = [(f"{topic['id']}.{kind}[{i}]", x) for i, x in enumerate(topic[kind])]
         free = [kx for kx in keyed if self.uses[kx[0]] < MAX_USES]
         self.rng.shuffle(free)
-        free.sort(key=lambda kx: self.uses[kx[0]])
+        free.sort(key=lambda kx: (self.uses[kx[0]], len(json.dumps(kx[1])) if short else 0))
         chosen = free[:k]
         for key, _ in chosen:
             self.use(key)
@@ -187,6 +187,18 @@ def mcq_grade(rng: random.Random, meta: dict, right: bool) -> tuple[str, tuple[f
     return given, (float(right), text)
 
 
+def first_sentences(text: str, max_words: int = 40) -> str:
+    """Whole leading sentences of ``text`` up to about ``max_words`` words (at least one sentence; never cut inside
+    one, and "e.g." or "i.e." do not end a sentence)."""
+    sentences = re.split(r"(?<!e\.g\.)(?<!i\.e\.)(?<=[.!?])\s+(?=[A-Z\"(])", text.strip())
+    out = [sentences[0]]
+    for sentence in sentences[1:]:
+        if words(" ".join(out + [sentence])) > max_words:
+            break
+        out.append(sentence)
+    return " ".join(out)
+
+
 VERDICT_POINTS = {"correct": 1.0, "partly correct": 0.5, "wrong": 0.0}
 VERDICT_WORDS = {"correct": "Correct", "partly correct": "Partly correct", "wrong": "Wrong"}
 
@@ -202,7 +214,7 @@ def quiz_rows(topic: dict, picker: Picker, rng: random.Random) -> list[dict]:
         difficulty, strict_ = rng.choice(prompts.DIFFICULTIES), strict(rng)
         for k in range(len(picked), 0, -1):  # fewer questions until the conversation fits MAX_TOKENS
             picker.rollback(saved)
-            picked = picker.pick(topic, "mcq", k)
+            picked = picker.pick(topic, "mcq", k, short=kind == "quiz_grade")
             blocks = [mcq_block(picker, j + 1, q) for j, (_, q) in enumerate(picked)]
             args = {"topic": short_title(topic), "n": len(blocks), "difficulty": difficulty, "strict": strict_}
             turns = [quiz_text(blocks)]
@@ -267,10 +279,10 @@ def cheat_rows(topic: dict, by_id: dict, rng: random.Random) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------- drills
-def drill_question(picker: Picker, topic: dict, n: int, kind: str) -> tuple[str, str, dict] | None:
+def drill_question(picker: Picker, topic: dict, n: int, kind: str, short: bool = False) -> tuple[str, str, dict] | None:
     """One drill question of ``kind`` (mcq, short answer, compare, graded) from ``topic``, or None when used up."""
     source = {"mcq": "mcq", "short answer": "qa", "compare": "compare", "graded": "feedback"}[kind]
-    got = picker.pick(topic, source)
+    got = picker.pick(topic, source, short=short)
     if not got:
         return None
     _, item = got[0]
@@ -283,7 +295,7 @@ def drill_question(picker: Picker, topic: dict, n: int, kind: str) -> tuple[str,
 
 
 DRILL_PATTERNS = {False: [["mcq", "short answer", "compare"], ["short answer", "mcq", "compare"], ["mcq", "short answer", "compare", "short answer"]],
-                  True: [["mcq", "graded"], ["graded", "mcq"], ["mcq", "graded", "mcq"]]}
+                  True: [["mcq", "graded"], ["graded", "mcq"]]}
 
 
 def drill_rows(topics: list[dict], picker: Picker, rng: random.Random, count: int, graded_every: int = 4) -> list[dict]:
@@ -291,7 +303,7 @@ def drill_rows(topics: list[dict], picker: Picker, rng: random.Random, count: in
     rows = []
     for i in range(count):
         graded = i % graded_every == graded_every - 1
-        for _ in range(50):  # another mix when the questions are used up or the text runs over MAX_WORDS
+        for _ in range(200):  # another mix when the questions are used up or the text runs over MAX_WORDS
             saved = picker.checkpoint()
             built = try_drill(topics, picker, rng, graded)
             if built and fits(prompts.drill_prompt(**built[2]), built[1]):
@@ -310,7 +322,7 @@ def try_drill(topics: list[dict], picker: Picker, rng: random.Random, graded: bo
     group = rng.sample(topics, min(len(pattern), rng.choice([2, 3, 3, 4])))
     blocks = []
     for n, kind in enumerate(pattern, start=1):
-        b = drill_question(picker, group[(n - 1) % len(group)], n, kind)
+        b = drill_question(picker, group[(n - 1) % len(group)], n, kind, short=graded)
         if b is None:
             return None
         blocks.append(b)
@@ -322,8 +334,8 @@ def try_drill(topics: list[dict], picker: Picker, rng: random.Random, graded: bo
             if meta["kind"] == "mcq":
                 given, g = mcq_grade(rng, meta, right=rng.random() < 0.6)
             else:
-                a = rng.choice(meta["feedback"]["answers"])
-                given, g = a["student_answer"], (VERDICT_POINTS[a["verdict"]], f"{VERDICT_WORDS[a['verdict']]}. {a['feedback']}")
+                a = min(meta["feedback"]["answers"], key=lambda x: words(x["student_answer"] + x["feedback"]) + rng.random())
+                given, g = a["student_answer"], (VERDICT_POINTS[a["verdict"]], f"{VERDICT_WORDS[a['verdict']]}. {first_sentences(a['feedback'])}")
             answers.append(given)
             lines.append(g)
         turns += [prompts.grade_request(answers), grade_reply(lines)]
