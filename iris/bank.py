@@ -44,21 +44,27 @@ def quiz_title(prompt: str) -> str | None:
     return None
 
 
+def _turn(row: dict, role: str) -> str:
+    return next(m["content"] for m in row["conversations"] if m["role"] == role)
+
+
 def build(rows: list[dict]) -> dict:
     """``{"topics": {title: {"id": topic_id, "questions": [question dicts]}}}`` from quiz and drill rows."""
     titles: dict[str, str] = {}
     for r in rows:
-        if r.get("kind") == "quiz":
-            title = quiz_title(r["conversations"][0]["content"])
+        if r.get("kind") in ("quiz", "quiz_grade"):
+            recorded = (r.get("prompt") or {}).get("args", {}).get("topic")  # the builder records the request's arguments
+            title = recorded or quiz_title(_turn(r, "user"))
             if title and (r["topic"] not in titles or len(title) < len(titles[r["topic"]])):
                 titles[r["topic"]] = title
     topics: dict[str, dict] = {}
     for r in rows:
-        if r.get("kind") not in ("quiz", "drill"):
+        if r.get("kind") not in ("quiz", "quiz_grade", "drill", "drill_grade"):
             continue
         ids = r["topic"].split(",")
-        for q in logic.parse_questions(r["conversations"][1]["content"], mcq_only=r["kind"] == "quiz"):
-            topic_id = ids[0] if r["kind"] == "quiz" else ids[(q.number - 1) % len(ids)]  # drill question i is on topic i
+        quiz = r["kind"].startswith("quiz")
+        for q in logic.parse_questions(_turn(r, "assistant"), mcq_only=quiz):
+            topic_id = ids[0] if quiz else ids[(q.number - 1) % len(ids)]  # drill question i is on topic i
             if not q.valid or topic_id not in titles:
                 continue
             entry = topics.setdefault(titles[topic_id], {"id": topic_id, "questions": []})
