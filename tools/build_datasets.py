@@ -212,23 +212,29 @@ def quiz_rows(topic: dict, picker: Picker, rng: random.Random) -> list[dict]:
         saved = picker.checkpoint()
         picked = picker.pick(topic, "mcq", n)
         difficulty, strict_ = rng.choice(prompts.DIFFICULTIES), strict(rng)
-        for k in range(len(picked), 0, -1):  # fewer questions until the conversation fits MAX_TOKENS
-            picker.rollback(saved)
-            picked = picker.pick(topic, "mcq", k, short=kind == "quiz_grade")
-            blocks = [mcq_block(picker, j + 1, q) for j, (_, q) in enumerate(picked)]
-            args = {"topic": short_title(topic), "n": len(blocks), "difficulty": difficulty, "strict": strict_}
-            turns = [quiz_text(blocks)]
-            if kind == "quiz_grade":
-                answers, graded = [], []
-                for j, (_, _, meta) in enumerate(blocks):
-                    given, g = mcq_grade(rng, meta, right=rng.random() < 0.6 or j == 0)
-                    answers.append(given)
-                    graded.append(g)
-                turns += [prompts.grade_request(answers), grade_reply(graded)]
-            if fits(prompts.quiz_prompt(**args), turns):
+        built = None
+        for strict_ in dict.fromkeys((strict_, False)):  # the plain request is shorter, for the longest questions
+            for k in range(len(picked), 0, -1):  # fewer questions until the conversation fits MAX_TOKENS
+                picker.rollback(saved)
+                picked = picker.pick(topic, "mcq", k, short=kind == "quiz_grade")
+                blocks = [mcq_block(picker, j + 1, q) for j, (_, q) in enumerate(picked)]
+                args = {"topic": short_title(topic), "n": len(blocks), "difficulty": difficulty, "strict": strict_}
+                turns = [quiz_text(blocks)]
+                if kind == "quiz_grade":
+                    answers, graded = [], []
+                    for j, (_, _, meta) in enumerate(blocks):
+                        given, g = mcq_grade(rng, meta, right=rng.random() < 0.6 or j == 0)
+                        answers.append(given)
+                        graded.append(g)
+                    turns += [prompts.grade_request(answers), grade_reply(graded)]
+                if fits(prompts.quiz_prompt(**args), turns):
+                    built = args, turns
+                    break
+            if built:
                 break
-        else:
+        if not built:
             raise AssertionError(f"{topic['id']}: no quiz fits {MAX_TOKENS} tokens")
+        args, turns = built
         rows.append(row(f"{topic['id']}-{kind}-{i}", [topic], kind, prompts.quiz_prompt(**args), turns, args))
     return rows
 
