@@ -113,10 +113,10 @@ def test_garbage_parses_to_nothing():
 def test_every_quiz_and_drill_in_the_training_data_parses():
     rows = [json.loads(line) for line in open(logic.__file__.replace("iris/logic.py", "data/id2223_exam_prep_full.jsonl"))]
     for row in rows:
-        if row["kind"] in ("quiz", "drill"):
-            text = row["conversations"][1]["content"]
+        if row["kind"] in ("quiz", "quiz_grade", "drill", "drill_grade"):
+            text = next(m["content"] for m in row["conversations"] if m["role"] == "assistant")
             expected = text.count("**Question ")
-            parsed = logic.parse_quiz(text, expected, mcq_only=row["kind"] == "quiz")
+            parsed = logic.parse_quiz(text, expected, mcq_only=row["kind"].startswith("quiz"))
             assert parsed.complete, (row["id"], parsed.summary())
 
 

@@ -384,7 +384,7 @@ def plan_rows(topics: list[dict], rng: random.Random, count: int) -> list[dict]:
     rows = []
     while len(rows) < count:
         group = rng.sample(topics, rng.choice([2, 3, 4, 5]))
-        weak = rng.sample(group, rng.choice([0, 1, 1, 2]))
+        weak = [t for t in group if t in rng.sample(group, rng.choice([0, 1, 1, 2]))]  # in topic order, as Iris sends them
         start = dt.date(2026, 1, 1) + dt.timedelta(rng.randrange(0, 365))
         exam = start + dt.timedelta(rng.randrange(5, 22))
         hours = rng.choice([3, 4, 5, 6, 7.5, 8, 10, 12])
