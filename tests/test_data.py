@@ -67,11 +67,11 @@ def test_held_out_split_is_disjoint_and_covers_every_area():
 
 def test_general_set_is_sharegpt_varied_and_multi_turn():
     lines = [json.loads(x) for x in GENERAL.read_text().splitlines()]
-    assert len(lines) >= 450
+    assert len(lines) >= 550
     assert all("conversations" in x and {"from", "value"} <= set(x["conversations"][0]) for x in lines)
     rows = du.load_conversations(GENERAL)
     multi = sum(1 for r in rows if sum(m["role"] == "user" for m in r["messages"]) >= 2)
-    assert multi / len(rows) >= 0.2
+    assert multi / len(rows) >= 0.25
     cats = collections.Counter(x["category"] for x in lines)
     assert {"explanation", "summary", "email_letter", "list_sorting", "step_by_step", "tips", "rewriting"} <= set(cats)
 
@@ -265,6 +265,6 @@ def test_shipped_files_pass_the_report_gates(tmp_path):
     r = run_script("tools/data_report.py", str(TRAIN), "--test", str(TEST), "--out", str(tmp_path / "train.json"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert (tmp_path / "train.png").stat().st_size > 1000
-    # multi-turn general conversations run longer (8% over 512 tokens); the trainer truncates them and counts them
-    r = run_script("tools/data_report.py", str(GENERAL), "--out", str(tmp_path / "general.json"), "--max-over-length", "0.1")
+    # multi-turn general conversations run longer (7% over 512 tokens); the trainer truncates them and counts them
+    r = run_script("tools/data_report.py", str(GENERAL), "--out", str(tmp_path / "general.json"), "--max-over-length", "0.08")
     assert r.returncode == 0, r.stdout + r.stderr

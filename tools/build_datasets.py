@@ -211,9 +211,8 @@ def quiz_rows(topic: dict, picker: Picker, rng: random.Random) -> list[dict]:
         kind = "quiz_grade" if i == 2 else "quiz"
         saved = picker.checkpoint()
         picked = picker.pick(topic, "mcq", n)
-        difficulty, strict_ = rng.choice(prompts.DIFFICULTIES), strict(rng)
-        built = None
-        for strict_ in dict.fromkeys((strict_, False)):  # the plain request is shorter, for the longest questions
+        difficulty, built = rng.choice(prompts.DIFFICULTIES), None
+        for strict_ in dict.fromkeys((strict(rng), False)):  # the plain request is shorter, for the longest questions
             for k in range(len(picked), 0, -1):  # fewer questions until the conversation fits MAX_TOKENS
                 picker.rollback(saved)
                 picked = picker.pick(topic, "mcq", k, short=kind == "quiz_grade")
