@@ -44,13 +44,16 @@ def _library_key() -> str:
     lib = next(Path(llama_cpp.__file__).parent.glob("lib/libggml-cpu*"), None) or Path(llama_cpp.__file__)
     stat = lib.stat()
     flags = " ".join(sorted(f for f in _cpu_flags() if f.startswith(("amx", "avx512"))))
-    return hashlib.sha256(f"{llama_cpp.__version__}|{lib}|{stat.st_size}|{stat.st_mtime_ns}|{flags}".encode()).hexdigest()[:16]
+    probe = hashlib.sha256(_PROBE.encode()).hexdigest()[:8]  # a changed probe decides again
+    return hashlib.sha256(f"{llama_cpp.__version__}|{lib}|{stat.st_size}|{stat.st_mtime_ns}|{flags}|{probe}".encode()).hexdigest()[:16]
 
 
 _PROBE = r"""
 import sys
 from llama_cpp import Llama
-llm = Llama(model_path=sys.argv[1], n_ctx=64, n_threads=1, verbose=False)
+# A batched prompt evaluation (the AMX kernels run on batches: scoring and long prompts) and a short decode.
+llm = Llama(model_path=sys.argv[1], n_ctx=128, n_batch=128, n_ubatch=128, n_threads=2, logits_all=True, verbose=False)
+llm.eval(llm.tokenize(b"The quick brown fox jumps over the lazy dog. " * 6))
 llm.create_completion("Hello", max_tokens=2)
 print("probe-ok")
 """

@@ -339,7 +339,7 @@ def main(argv=None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     if args.quick:
-        args.steps, args.new_tokens, args.max_length = 2, 8, 128
+        args.steps, args.new_tokens, args.max_length = 2, 8, 256  # 256: every conversation keeps assistant tokens after the system prompt
         model_path, ggufs = quick_fixture(tmp)
     else:
         from training.models import materialize_embedded
