@@ -307,6 +307,7 @@ def train(cfg: TrainConfig) -> Path:
         activation_checkpointing=False,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),  # accelerate refuses bf16 on a bf16-capable CPU unless told it is a CPU run
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps,
