@@ -76,29 +76,14 @@ def split_topics(text: str) -> list[str]:
 # ------------------------------------------------------------------------------- system prompts and prompt building
 # One source of what the model sees, shared with the dataset builder (tools/build_datasets.py).
 try:
-    from iris.prompts import (  # noqa: F401  (re-exported: the app and tests use logic.quiz_prompt etc.)
-        QUIZ_TEMPLATE,
-        SYSTEM_PROMPTS,
-        cheat_sheet_prompt,
-        drill_prompt,
-        feedback_prompt,
-        join_and,
-        messages,
-        quiz_prompt,
-        study_plan_prompt,
-    )
+    from iris import prompts as _prompts
 except ImportError:  # the Space layout: these modules sit flat beside app.py
-    from prompts import (  # noqa: F401
-        QUIZ_TEMPLATE,
-        SYSTEM_PROMPTS,
-        cheat_sheet_prompt,
-        drill_prompt,
-        feedback_prompt,
-        join_and,
-        messages,
-        quiz_prompt,
-        study_plan_prompt,
-    )
+    import prompts as _prompts
+
+# Re-exported: the app and tests use logic.quiz_prompt and so on.
+QUIZ_TEMPLATE, SYSTEM_PROMPTS, join_and, messages = _prompts.QUIZ_TEMPLATE, _prompts.SYSTEM_PROMPTS, _prompts.join_and, _prompts.messages
+quiz_prompt, feedback_prompt, cheat_sheet_prompt = _prompts.quiz_prompt, _prompts.feedback_prompt, _prompts.cheat_sheet_prompt
+study_plan_prompt, drill_prompt = _prompts.study_plan_prompt, _prompts.drill_prompt
 
 
 # ---------------------------------------------------------------------------------------------- leaked phrases
