@@ -268,3 +268,11 @@ def test_shipped_files_pass_the_report_gates(tmp_path):
     # multi-turn general conversations run longer (7% over 512 tokens); the trainer truncates them and counts them
     r = run_script("tools/data_report.py", str(GENERAL), "--out", str(tmp_path / "general.json"), "--max-over-length", "0.08")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_kb_check_names_a_file_it_cannot_read(tmp_path, capsys):
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"area": "x", "topics": [')
+    assert kb_check.main([str(broken)]) == 1
+    assert "broken.json: cannot read" in capsys.readouterr().out
+    assert kb_check.main([str(tmp_path / "missing.json")]) == 2

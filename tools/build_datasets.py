@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from iris import plan as iris_plan  # noqa: E402  (plans come from Iris's own scheduler)
 from iris import prompts  # noqa: E402  (the prompts Iris sends)
-from tools.kb_check import check_all  # noqa: E402
+from tools.kb_check import check_all, words  # noqa: E402
 
 SOURCES = REPO / "data" / "sources"
 OUT_TRAIN = REPO / "data" / "id2223_exam_prep_full.jsonl"
@@ -72,10 +72,6 @@ def load_kb(kb_dir: Path = SOURCES / "kb") -> list[dict]:
         area = json.loads(path.read_text(encoding="utf-8"))
         topics += [{**t, "area": area["area"]} for t in area["topics"]]
     return sorted(topics, key=lambda t: (t["area"], t["id"]))
-
-
-def words(text: str) -> int:
-    return len(text.split())
 
 
 def norm(text: str) -> str:
@@ -200,7 +196,6 @@ def first_sentences(text: str, max_words: int = 40) -> str:
 
 
 VERDICT_POINTS = {"correct": 1.0, "partly correct": 0.5, "wrong": 0.0}
-VERDICT_WORDS = {"correct": "Correct", "partly correct": "Partly correct", "wrong": "Wrong"}
 
 
 # ------------------------------------------------------------------------------------------------- quizzes
@@ -340,7 +335,7 @@ def try_drill(topics: list[dict], picker: Picker, rng: random.Random, graded: bo
                 given, g = mcq_grade(rng, meta, right=rng.random() < 0.6)
             else:
                 a = min(meta["feedback"]["answers"], key=lambda x: words(x["student_answer"] + x["feedback"]) + rng.random())
-                given, g = a["student_answer"], (VERDICT_POINTS[a["verdict"]], f"{VERDICT_WORDS[a['verdict']]}. {first_sentences(a['feedback'])}")
+                given, g = a["student_answer"], (VERDICT_POINTS[a["verdict"]], f"{a['verdict'].capitalize()}. {first_sentences(a['feedback'])}")
             answers.append(given)
             lines.append(g)
         turns += [prompts.grade_request(answers), grade_reply(lines)]

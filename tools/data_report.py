@@ -40,6 +40,7 @@ from pathlib import Path
 
 from iris import logic, prompts
 from iris import plan as iris_plan
+from tools.kb_check import right_is_longest
 from training.dataset_utils import REPO, _problem, meta_hits
 
 TOOL_OF_KIND = prompts.TOOL_OF_KIND
@@ -149,8 +150,12 @@ def report(path: Path, test: Path | None = None, model: str | None = "smollm2-13
     return out
 
 
+def first_turn(row: dict, role: str) -> str:
+    return next(m["content"] for m in row["messages"] if m["role"] == role)
+
+
 def first_user(row: dict) -> str:
-    return next(m["content"] for m in row["messages"] if m["role"] == "user")
+    return first_turn(row, "user")
 
 
 # --------------------------------------------------------------------------------- what Iris sends and parses
@@ -227,20 +232,14 @@ def serving_checks(rows: list[dict]) -> dict:
         out["plan_invalid_rate"] = round(len(failing) / len(plans), 4)
         out["plan_problem_examples"] = [f"line {r['_line']}: {p[0]}" for r, p in failing[:5]]
     mcqs = [q for r in rows if r.get("kind") in MCQ_KINDS
-            for q in logic.parse_questions(next(m["content"] for m in r["messages"] if m["role"] == "assistant"), mcq_only=False)
+            for q in logic.parse_questions(first_turn(r, "assistant"), mcq_only=False)
             if q.kind == "mcq" and q.valid]
     if mcqs:
-        longest = [q for q in mcqs if _right_is_longest(q)]
+        longest = [q for q in mcqs if right_is_longest([q.options[x] for x in "ABCD"], q.answer)]
         out["mcq_questions"] = len(mcqs)
         out["correct_longest_rate"] = round(len(longest) / len(mcqs), 4)
         out["answer_letters"] = dict(sorted(collections.Counter(q.answer for q in mcqs).items()))
     return out
-
-
-def _right_is_longest(q) -> bool:
-    lengths = {k: len(v) for k, v in q.options.items()}
-    top = max(lengths.values())
-    return lengths.get(q.answer) == top and list(lengths.values()).count(top) == 1
 
 
 def opening(text: str, k: int = 8) -> str:
@@ -274,8 +273,7 @@ def training_questions(rows: list[dict]) -> list[str]:
                 q = re.search(r"(?m)^(?:Question|Q):\s*(.+)$", m["content"])
                 out.append(q.group(1) if q else m["content"])
         if r.get("kind") in MCQ_KINDS:
-            text = next(m["content"] for m in r["messages"] if m["role"] == "assistant")
-            out += [q.text for q in logic.parse_questions(text, mcq_only=False)]
+            out += [q.text for q in logic.parse_questions(first_turn(r, "assistant"), mcq_only=False)]
     return out
 
 

@@ -44,9 +44,10 @@ def _need(problems, where, item, fields):
     return True
 
 
-def correct_is_longest(q: dict) -> bool:
-    lengths = [len(o) for o in q["options"]]
-    i = "ABCD".index(q["answer"])
+def right_is_longest(options: list[str], answer: str) -> bool:
+    """Whether the right option (letter ``answer``) is the single longest, in characters."""
+    lengths = [len(o) for o in options]
+    i = "ABCD".index(answer)
     return lengths[i] == max(lengths) and lengths.count(max(lengths)) == 1
 
 
@@ -81,7 +82,7 @@ def check_topic(t: dict) -> list[str]:
             continue
         if LETTER_REF.search(q["explanation"]) or any(LETTER_REF.search(o) for o in q["options"]):
             p.append(f"{where}: names an option letter; options are shuffled by the builder, refer to them by content")
-        longest += correct_is_longest(q)
+        longest += right_is_longest(q["options"], q["answer"])
     if longest > MAX_CORRECT_LONGEST:
         p.append(f"{tid}.mcq: the right option is the longest in {longest} questions, at most {MAX_CORRECT_LONGEST}: lengthen distractors")
     for i, fb in enumerate(t["feedback"]):
@@ -115,35 +116,41 @@ def check_topic(t: dict) -> list[str]:
     return p
 
 
-def check_file(path: Path) -> list[str]:
+def _read(path: Path):
+    """The area object of ``path``, or the one-line problem that stops it from being read."""
     try:
         area = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return [f"{path}: cannot read: {e}"]
+        return None, f"{path.name}: cannot read ({path}): {e}"
     if not isinstance(area, dict) or "area" not in area or not isinstance(area.get("topics"), list):
-        return [f"{path}: want an object with 'area' and a list 'topics'"]
-    return [f"{path.name}: {msg}" for t in area["topics"] for msg in check_topic(t)]
+        return None, f"{path.name}: want an object with 'area' and a list 'topics' ({path})"
+    return area, None
+
+
+def check_file(path: Path) -> list[str]:
+    area, problem = _read(path)
+    return [problem] if problem else [f"{path.name}: {msg}" for t in area["topics"] for msg in check_topic(t)]
 
 
 def check_all(paths: list[Path]) -> list[str]:
-    problems = [msg for path in paths for msg in check_file(path)]
-    ids = {}
+    """Every file's problems, plus topic ids used twice and ``related`` ids that no file defines."""
+    problems, areas, ids = [], {}, {}
     for path in paths:
-        try:
-            for t in json.loads(path.read_text(encoding="utf-8"))["topics"]:
-                if t.get("id") in ids:
-                    problems.append(f"{path.name}: topic id {t['id']!r} also in {ids[t['id']]}")
-                ids[t.get("id")] = path.name
-        except Exception:  # already reported by check_file
-            pass
-    for path in paths:
-        try:
-            for t in json.loads(path.read_text(encoding="utf-8"))["topics"]:
-                unknown = [r for r in t.get("related", []) if r not in ids]
-                if unknown:
-                    problems.append(f"{path.name}: {t['id']}.related: unknown topic ids {unknown}")
-        except Exception:
-            pass
+        area, problem = _read(path)
+        if problem:
+            problems.append(problem)
+            continue
+        areas[path] = area
+        problems += [f"{path.name}: {msg}" for t in area["topics"] for msg in check_topic(t)]
+        for t in area["topics"]:
+            if t.get("id") in ids:
+                problems.append(f"{path.name}: topic id {t['id']!r} also in {ids[t['id']]}")
+            ids[t.get("id")] = path.name
+    for path, area in areas.items():
+        for t in area["topics"]:
+            unknown = [r for r in t.get("related", []) if r not in ids]
+            if unknown:
+                problems.append(f"{path.name}: {t.get('id')}.related: unknown topic ids {unknown}")
     return problems
 
 
@@ -152,11 +159,18 @@ def main(argv=None) -> int:
     if args and args[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    paths = [Path(a) for a in args] or sorted(KB.glob("*.json"))
-    problems = check_all(paths if not args else sorted(KB.glob("*.json")))
-    if args:
-        names = {p.name for p in paths}
+    given = [Path(a) for a in args]
+    missing = [str(p) for p in given if not p.is_file()]
+    if missing:
+        print(f"error: not a file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    # The named files are checked together with the rest of the knowledge base, so "related" ids resolve.
+    paths = given + [p for p in sorted(KB.glob("*.json")) if p.name not in {g.name for g in given}]
+    problems = check_all(paths)
+    if given:
+        names = {p.name for p in given}
         problems = [m for m in problems if m.split(":")[0] in names]
+    paths = given or paths
     for msg in problems:
         print(msg)
     print(f"{len(problems)} problems in {len(paths)} file(s)")
