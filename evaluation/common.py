@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,7 @@ class Settings:
     threads: int | None = None  # CPU threads for torch and llama.cpp (default: the cores this process may use)
     merge: bool = True  # merge the LoRA weights into the base before generating (as the GGUF export does)
     max_length: int = 512  # tokens per test conversation for perplexity (the training max_length)
+    batch_size: int | None = None  # prompts generated together (None: 64 on CUDA, where one prompt leaves the GPU idle; 1 on CPU)
     test_file: str = str(EXAM_TEST_DATA)
 
     def generation(self) -> dict:
@@ -278,7 +280,8 @@ def compare(models: list[dict]) -> dict:
     return {"reference": ref["label"], "rows": rows}
 
 
-def evaluate(script: str, sources: list[Source], settings: Settings, out: Path, argv: list[str] | None = None, finish=None) -> dict:
+def evaluate(script: str, sources: list[Source], settings: Settings, out: Path, argv: list[str] | None = None, finish=None,
+             jobs: int = 1) -> dict:
     """Evaluate every available source in its own subprocess and write ``out`` atomically at the end.
 
     ``finish(record)`` may add script-specific conclusions before the report is written.
@@ -301,22 +304,25 @@ def evaluate(script: str, sources: list[Source], settings: Settings, out: Path, 
                        "test_items": sum(i["set"] == "test" for i in items), "prompt_list": settings.prompts,
                        "prompt_items": sum(i["set"] != "test" for i in items)}
     t0 = time.time()
-    models = []
     with tempfile.TemporaryDirectory(prefix=f"{script}-") as tmp:
-        for i, src in enumerate(sources, start=1):
+        def one(i: int, src: Source) -> dict:
             position = f"{i}/{len(sources)}"
             if src.missing:
-                models.append({"label": src.label, "spec": src.spec, "status": "missing", "message": src.missing,
-                               "command": src.command, "source": asdict(src)})
-                continue
+                return {"label": src.label, "spec": src.spec, "status": "missing", "message": src.missing,
+                        "command": src.command, "source": asdict(src)}
             print(f"[{script}] model {position}: {src.label} ({_describe(src)})", flush=True)
             t = time.time()
             result = run_worker(src, settings, items, position, Path(tmp))
             result.update(label=src.label, spec=src.spec)
             result.setdefault("source", asdict(src))
-            models.append(result)
             print(f"[{script}] model {position}: {src.label}: {result.get('status')} in {time.time() - t:.0f} s"
                   + (f": {_headline(result)}" if result.get("status") == "completed" else f": {result.get('error')}"), flush=True)
+            return result
+
+        # Workers in parallel only where asked (a GPU has room for several small models; CPU timings would interfere).
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            models = list(pool.map(lambda a: one(*a), enumerate(sources, start=1)))
+    record["parallel_workers"] = max(1, jobs)
     record.update(models=models, comparison=compare(models), wall_seconds=round(time.time() - t0, 1))
     record["status"] = "completed" if any(m.get("status") == "completed" for m in models) else "failed"
     if finish is not None:
@@ -372,13 +378,15 @@ def add_settings_args(parser: argparse.ArgumentParser, prompts: str) -> None:
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch and llama.cpp (default: all cores this process may use)")
     g.add_argument("--no_merge", action="store_true", help="generate with the LoRA adapter unmerged (PEFT layers) instead of merged into the base")
     g.add_argument("--test_file", default=str(EXAM_TEST_DATA), help="held-out JSONL with key_concepts (default: the exam test split)")
+    g.add_argument("--jobs", type=int, default=1, help="models evaluated at once, each in its own process (default 1; on a GPU several fit)")
+    g.add_argument("--batch_size", type=int, default=None, help="prompts generated together (default: 64 on CUDA, 1 on CPU)")
     g.add_argument("--root", default=str(REPO), help="folder holding models/ and training_logs/ (default: the repository)")
 
 
 def settings_from_args(args) -> Settings:
     return Settings(max_new_tokens=args.max_new_tokens, limit=args.limit or None, ppl_limit=args.ppl_limit or None, prompts=args.prompts,
                     sampling=args.sampling, temperature=args.temperature, top_p=args.top_p, seed=args.seed, threads=args.threads,
-                    merge=not args.no_merge, test_file=args.test_file)
+                    merge=not args.no_merge, test_file=args.test_file, batch_size=args.batch_size)
 
 
 def main_guard(fn) -> None:

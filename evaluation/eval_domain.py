@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     sources = [resolve_spec(s, Path(args.root)) for s in args.specs]
     if all(s.missing for s in sources if not s.spec.startswith("base:")) and len(sources) > 1:
         raise EvalError("none of the fine-tuned models exists: " + "; ".join(f"{s.missing}, run {s.command}" for s in sources if s.missing))
-    report = evaluate("eval_domain", sources, settings_from_args(args), Path(args.out), argv,
+    report = evaluate("eval_domain", sources, settings_from_args(args), Path(args.out), argv, jobs=args.jobs,
                       finish=lambda r: r.update(verdict=verdict(r)))
     for label, v in report["verdict"].items():
         print(f"[eval_domain] {label}: coverage above base: {v['coverage_above_base']}, perplexity below base: {v['perplexity_below_base']}")

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     add_settings_args(p, prompts="general")
     args = p.parse_args(argv)
     sources = [resolve_spec(s, Path(args.root)) for s in args.specs]
-    evaluate("eval_models", sources, settings_from_args(args), Path(args.out), argv)
+    evaluate("eval_models", sources, settings_from_args(args), Path(args.out), argv, jobs=args.jobs)
 
 
 if __name__ == "__main__":

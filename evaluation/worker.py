@@ -148,6 +148,31 @@ class TorchModel:
         ttft = clock.times[1] - t0 if len(clock.times) > 1 else None
         return out[0, len(ids):].tolist(), ttft, total
 
+    def generate_batch(self, prompts: list[list[int]], seed: int) -> list[tuple[list[int], None, float]]:
+        """Greedy or sampled answers to several prompts at once (left-padded); per-answer timings are not measured,
+        each answer carries the batch's wall time."""
+        from transformers import GenerationConfig
+
+        torch, s = self.torch, self.settings
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.stop_ids)
+        cfg = dict(max_new_tokens=s.max_new_tokens, eos_token_id=sorted(self.stop_ids), pad_token_id=pad)
+        cfg.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0) if s.sampling else cfg.update(do_sample=False)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), generation_config=GenerationConfig(**cfg))
+        total = time.perf_counter() - t0
+        answers = []
+        for row in out[:, width:].tolist():
+            stop = next((k for k, t in enumerate(row) if t in self.stop_ids), None)
+            answers.append((row[: stop + 1] if stop is not None else row, None, total))
+        return answers
+
     def logits(self, ids: list[int]):
         torch = self.torch
         with torch.inference_mode():
@@ -229,6 +254,33 @@ def answer_record(item: dict, prompt_ids: list[int], completion: list[int], ttft
     return rec
 
 
+def batch_size(model, settings: Settings) -> int:
+    if not hasattr(model, "generate_batch"):
+        return 1
+    return settings.batch_size or (64 if getattr(model, "device", "cpu") == "cuda" else 1)
+
+
+def generate_all(model, items: list[dict], settings: Settings, tag: str) -> list[dict]:
+    """Answer every item, one prompt at a time, or in length-sorted batches where ``batch_size`` > 1; answers keep
+    the items' order."""
+    prompts = [list(model.tokenizer.apply_chat_template(i["messages"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+               for i in items]
+    size = batch_size(model, settings)
+    order = sorted(range(len(items)), key=lambda k: len(prompts[k])) if size > 1 else list(range(len(items)))
+    answers: list[dict | None] = [None] * len(items)
+    for start in range(0, len(order), size):
+        chunk = order[start: start + size]
+        if size > 1:
+            outs = model.generate_batch([prompts[k] for k in chunk], settings.seed + start)
+        else:
+            outs = [model.generate(prompts[chunk[0]], settings.seed + chunk[0])]
+        for k, (completion, ttft, total) in zip(chunk, outs):
+            rec = answers[k] = answer_record(items[k], prompts[k], completion, ttft, total, model.tokenizer, model.stop_ids)
+            cov = f", coverage {rec['coverage']:.2f}" if rec["coverage"] is not None else ""
+            print(f"{tag} {start + len(chunk)}/{len(items)} {items[k]['id']}: {rec['completion_tokens']} tokens in {total:.1f} s{cov}", flush=True)
+    return answers
+
+
 def perplexity_rows(tokenizer, settings: Settings) -> list[tuple[str, list[int], list[int]]]:
     from evaluation.prompts import spread
     from training.chat_templates import training_template
@@ -266,15 +318,9 @@ def run_job(src: Source, settings: Settings, items: list[dict], position: str = 
     memory["peak_rss_load_mb"] = mb(rss.peak)
     print(f"{tag} loaded in {result['load_seconds']} s ({mb(rss.peak)} MB RSS)", flush=True)
 
-    answers = []
     t = time.perf_counter()
-    for k, item in enumerate(items, start=1):
-        ids = model.tokenizer.apply_chat_template(item["messages"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-        completion, ttft, total = model.generate(list(ids), settings.seed + k - 1)
-        rec = answer_record(item, list(ids), completion, ttft, total, model.tokenizer, model.stop_ids)
-        answers.append(rec)
-        cov = f", coverage {rec['coverage']:.2f}" if rec["coverage"] is not None else ""
-        print(f"{tag} {k}/{len(items)} {item['id']}: {rec['completion_tokens']} tokens in {total:.1f} s{cov}", flush=True)
+    answers = generate_all(model, items, settings, tag)
+    result["generation_batch_size"] = batch_size(model, settings)
     result["generate_seconds"] = round(time.perf_counter() - t, 2)
     memory["peak_rss_generate_mb"] = mb(rss.peak)
 

@@ -122,7 +122,7 @@ def training_setup(args):
     rows = du.sample(du.load_conversations(args.data), args.batch * (args.steps + args.warmup), seed=0)
     data, _ = du.tokenize_conversations(rows, tok, training_template(tok), args.max_length, "truncate")
     pad_id = tok.convert_tokens_to_ids("<|endoftext|>") if "<|endoftext|>" in tok.get_vocab() else 0
-    collate = DataCollatorForLanguageModeling(pad_token_id=pad_id, padding_free=cfg.padding_free)
+    collate = DataCollatorForLanguageModeling(pad_token_id=pad_id, padding_free=cfg.uses_padding_free("cpu"))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     batches = []
     for i in range(args.steps + args.warmup):
@@ -162,7 +162,7 @@ def worker_train(args) -> dict:
     peak = rss.stop()
     params = sum(p.numel() for p in model.parameters())
     return {
-        "config": args.config, "precision": precision, "padding_free": cfg.padding_free, "load_in_4bit": cfg.load_in_4bit,
+        "config": args.config, "precision": precision, "padding_free": cfg.uses_padding_free("cpu"), "load_in_4bit": cfg.load_in_4bit,
         "activation_checkpointing": cfg.checkpointing, "attention": model.get_base_model().config._attn_implementation, "lm_head": lm_head,
         "lora_dropout": cfg.lora_dropout,
         "steps": args.steps, "warmup_steps": args.warmup, "batch": args.batch,

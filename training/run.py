@@ -320,7 +320,7 @@ def train(cfg: TrainConfig) -> Path:
         # Conversations arrive tokenised and truncated to max_length with their assistant masks (loss on assistant
         # tokens only, end-of-turn token included), so TRL neither re-tokenises nor truncates.
         max_length=None,
-        padding_free=cfg.padding_free,
+        padding_free=cfg.uses_padding_free(device),
         include_num_input_tokens_seen="non_padding",
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
@@ -343,7 +343,7 @@ def train(cfg: TrainConfig) -> Path:
         "paths": {"checkpoints": str(cfg.checkpoint_dir), "adapter": str(cfg.adapter_dir), "log": str(cfg.log_dir / f"{cfg.name}.jsonl")},
         "model_source": str(model_path),
         "resolved": {"precision": precision, "optimizer": optim, "device": device, "notes": notes,
-                     "activation_checkpointing": cfg.checkpointing, "attention": model.config._attn_implementation, "lm_head": lm_head,
+                     "activation_checkpointing": cfg.checkpointing, "padding_free": cfg.uses_padding_free(device), "attention": model.config._attn_implementation, "lm_head": lm_head,
                      "world_size": int(os.environ.get("WORLD_SIZE", "1")), "resumed_from": str(resume_from) if resume_from else None},
         "data": {"source": source, "train_conversations": len(train_data), "held_out": len(eval_data),
                  "sha256": du.data_hash(train_rows), "length": length_stats},
