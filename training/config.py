@@ -12,6 +12,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DATASETS = ("finetome", "exam", "finetome-exam")
+# Adapters committed with the repository (adapters/<run>/): the tuned model a fresh clone serves without training.
+SHIPPED_ADAPTERS = REPO / "adapters"
+
+
+def find_adapter(run: str, root: Path | str = REPO) -> Path:
+    """Where the adapter of ``run`` lives: ``<root>/models/<run>/`` (what training writes, so a local retrain wins),
+    else the shipped ``adapters/<run>/``. Returns the models/ path when neither exists."""
+    trained = Path(root) / "models" / run
+    shipped = SHIPPED_ADAPTERS / run
+    if not (trained / "adapter_config.json").exists() and (shipped / "adapter_config.json").exists():
+        return shipped
+    return trained
 
 
 @dataclass
@@ -69,6 +81,9 @@ class TrainConfig:
     root: str = field(default=str(REPO), metadata={"help": "folder holding checkpoints/, models/ and training_logs/"})
     output_dir: str | None = field(default=None, metadata={"help": "checkpoint folder (default: <root>/checkpoints/<run>)"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest complete checkpoint of this run"})
+    resume_store: str = field(default="auto", metadata={"help": "auto | git | none: also snapshot each checkpoint into the local git repository "
+                              "(refs/peftlab/resume/<run>, never cloned), restored by --resume when checkpoints/ is gone "
+                              "(python -m training.resume_store --help). auto: git when root is inside a git work tree, else none"})
     report_to: str = "none"
 
     def __post_init__(self):
@@ -85,6 +100,8 @@ class TrainConfig:
             raise ValueError(f"activation_checkpointing must be auto, on or off, got {self.activation_checkpointing!r}")
         if self.lm_head not in ("auto", "onepass", "trl"):
             raise ValueError(f"lm_head must be auto, onepass or trl, got {self.lm_head!r}")
+        if self.resume_store not in ("auto", "git", "none"):
+            raise ValueError(f"resume_store must be auto, git or none, got {self.resume_store!r}")
         if self.lora_r <= 0 or self.max_length <= 0 or self.per_device_train_batch_size <= 0:
             raise ValueError("lora_r, max_length and per_device_train_batch_size must be positive")
 

@@ -5,6 +5,7 @@ base model (4-bit NF4 when ``load_in_4bit``), attaches a LoRA adapter (or contin
 ``finetome-exam`` run), trains with TRL's ``SFTTrainer`` on assistant tokens only, and leaves:
 
     <root>/checkpoints/<run>/checkpoint-N/   resumable checkpoints (--resume continues the newest complete one)
+    .git refs/peftlab/resume/<run>           the newest checkpoint again, for --resume in a later session (resume_store.py)
     <root>/models/<run>/                     the final adapter, tokenizer and run_record.json
     <root>/training_logs/<run>.jsonl, .log   per-step loss, lr, grad norm, tokens/s and memory
     <root>/training_logs/<run>.json          the run record: config, status, timings, memory, versions, hashes
@@ -147,6 +148,55 @@ def find_resume_checkpoint(checkpoint_dir: Path) -> Path | None:
     return None
 
 
+def git_snapshots(cfg: TrainConfig) -> bool:
+    """Whether checkpoints are also snapshotted into the local git repository (cfg.resume_store); without --resume, a
+    note when a snapshot of this run exists, since this run's first checkpoint replaces it."""
+    from training import resume_store
+
+    try:
+        on = resume_store.enabled(cfg.resume_store, cfg.root)
+        info = resume_store.latest(cfg.root, cfg.name) if on and not cfg.resume else None
+    except resume_store.StoreError as e:
+        raise RunError(str(e)) from e
+    if info:
+        print(f"[resume] {resume_store.label(info)} holds step {info['step']} of this run: starting fresh replaces it at the first "
+              "checkpoint (pass --resume to continue it)")
+    return on
+
+
+def restore_snapshot(cfg: TrainConfig) -> tuple[Path | None, str | None]:
+    """The git snapshot of this run written back into the checkpoint folder: (checkpoint, its label), or (None, None)."""
+    from training import resume_store
+
+    try:
+        info = resume_store.latest(cfg.root, cfg.name)
+        path = resume_store.restore(cfg.root, cfg.name, cfg.checkpoint_dir) if info else None
+    except resume_store.StoreError as e:
+        raise RunError(f"--resume: {e} (python -m training.resume_store drop {cfg.name} to start over)") from e
+    if path is None:
+        return None, None
+    print(f"[resume] restored {resume_store.label(info)} (step {info['step']}, saved {info['created']}) into {path}")
+    return path, resume_store.label(info)
+
+
+def snapshot_callback(cfg: TrainConfig):
+    """After each checkpoint the Trainer writes (main process only): snapshot it into git; a failure is one warning."""
+    from transformers import TrainerCallback
+
+    from training import resume_store
+
+    class GitSnapshot(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                try:
+                    resume_store.save(cfg.root, cfg.name, path, required=CHECKPOINT_FILES)
+                except Exception as e:  # never stops training
+                    print(f"[resume] warning: no git snapshot of {path}: {e}", flush=True)
+
+    return GitSnapshot()
+
+
 # ------------------------------------------------------------------------------------------------- records
 def package_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
@@ -232,9 +282,12 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.data == "finetome-exam" and not (stage1 / "adapter_config.json").exists():
         script = f"training/train_{cfg.stage1_name.replace('-', '_').replace('.', '_')}.py"
         raise RunError(f"{cfg.name} continues the stage-1 adapter {stage1}, which does not exist: run python {script} first.")
-    resume_from = None
+    resume_from = resumed_from = None
+    snapshots = git_snapshots(cfg)
     if cfg.resume:
         resume_from = find_resume_checkpoint(cfg.checkpoint_dir)
+        if resume_from is None and snapshots:
+            resume_from, resumed_from = restore_snapshot(cfg)
         print(f"[resume] {'continuing from ' + str(resume_from) if resume_from else 'no checkpoint yet in ' + str(cfg.checkpoint_dir) + ': starting fresh'}")
     elif any(cfg.checkpoint_dir.glob("checkpoint-*")):
         raise RunError(f"{cfg.checkpoint_dir} already holds checkpoints: pass --resume to continue them, or delete the folder to start over.")
@@ -333,7 +386,7 @@ def train(cfg: TrainConfig) -> Path:
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        callbacks=[ResourceUsageCallback(cfg.log_dir, cfg.name)],
+        callbacks=[ResourceUsageCallback(cfg.log_dir, cfg.name)] + ([snapshot_callback(cfg)] if snapshots else []),
     )
     callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ResourceUsageCallback))
     lm_head = apply_lm_head(cfg, trainer.model, device)
@@ -344,7 +397,7 @@ def train(cfg: TrainConfig) -> Path:
         "model_source": str(model_path),
         "resolved": {"precision": precision, "optimizer": optim, "device": device, "notes": notes,
                      "activation_checkpointing": cfg.checkpointing, "padding_free": cfg.uses_padding_free(device), "attention": model.config._attn_implementation, "lm_head": lm_head,
-                     "world_size": int(os.environ.get("WORLD_SIZE", "1")), "resumed_from": str(resume_from) if resume_from else None},
+                     "world_size": int(os.environ.get("WORLD_SIZE", "1")), "resumed_from": resumed_from or (str(resume_from) if resume_from else None)},
         "data": {"source": source, "train_conversations": len(train_data), "held_out": len(eval_data),
                  "sha256": du.data_hash(train_rows), "length": length_stats},
         "chat_template_sha256": template_hash(serving_template),
