@@ -5,6 +5,9 @@ A model spec is one of:
 * ``base:<model-table key or checkpoint folder>``, e.g. ``base:smollm2-135m``: the base model alone (PyTorch);
 * a run name, e.g. ``smollm2-135m-lora-exam``: the adapter in ``<root>/models/<run>/`` on the base named by its run
   record (``config.model``). A QLoRA adapter is evaluated on the full-precision base, as the GGUF export merges it;
+* ``<run or adapter folder>@<quant>`` or ``base:smollm2-135m@<quant>``, e.g. ``smollm2-135m-id2223@q8_0``: the run merged and exported
+  to that GGUF quantization (cached by Iris's ``merged_gguf``), or the embedded base re-quantized to it, so base and
+  tuned can be compared in the format Iris serves;
 * a ``.gguf`` file: run through llama-cpp-python (``iris.gguf_runtime.load_llama``), scored on the same token ids
   as PyTorch with the tokenizer of its run (from the export manifest beside it) or of its base.
 
@@ -55,6 +58,7 @@ class Settings:
     sampling: bool = False  # False: greedy (identical reruns); True: the original's temperature/top-p with a seed
     temperature: float = 0.3
     top_p: float = 0.9
+    repeat_penalty: float = 1.0  # llama.cpp's repeat penalty (Iris: 1.15); PyTorch applies it as repetition_penalty
     seed: int = 42
     threads: int | None = None  # CPU threads for torch and llama.cpp (default: the cores this process may use)
     merge: bool = True  # merge the LoRA weights into the base before generating (as the GGUF export does)
@@ -65,8 +69,8 @@ class Settings:
     def generation(self) -> dict:
         if self.sampling:
             return {"mode": "sampling", "temperature": self.temperature, "top_p": self.top_p, "top_k": 0, "seed": self.seed,
-                    "max_new_tokens": self.max_new_tokens, "repeat_penalty": 1.0}
-        return {"mode": "greedy", "max_new_tokens": self.max_new_tokens, "repeat_penalty": 1.0}
+                    "max_new_tokens": self.max_new_tokens, "repeat_penalty": self.repeat_penalty}
+        return {"mode": "greedy", "max_new_tokens": self.max_new_tokens, "repeat_penalty": self.repeat_penalty}
 
 
 @dataclass
@@ -100,7 +104,9 @@ def export_command(run: str) -> str:
 
 def run_record(root: Path, run: str) -> dict | None:
     """The run record saved with the adapter, else the one in training_logs/."""
-    for path in (root / "models" / run / "run_record.json", root / "training_logs" / f"{run}.json"):
+    from training.config import find_adapter
+
+    for path in (find_adapter(run, root) / "run_record.json", root / "training_logs" / f"{run}.json"):
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError):
@@ -121,6 +127,8 @@ def _resolve_base(key: str) -> tuple[str | None, str | None]:
 def resolve_spec(spec: str, root: Path = REPO) -> Source:
     """Turn a spec into a Source; raises EvalError for a name that is neither a base, a run nor a .gguf file."""
     root = Path(root)
+    if "@" in spec:
+        return _resolve_quantized(spec, root)
     if spec.startswith("base:"):
         key = spec.removeprefix("base:")
         from training.models import ALIASES, MODELS
@@ -139,7 +147,9 @@ def resolve_spec(spec: str, root: Path = REPO) -> Source:
 
 
 def _resolve_run(run: str, root: Path) -> Source:
-    adapter = root / "models" / run
+    from training.config import find_adapter
+
+    adapter = find_adapter(run, root)
     script = train_script(run)
     if not (adapter / "adapter_config.json").exists():
         if not script.exists() and run_record(root, run) is None:
@@ -162,6 +172,30 @@ def _resolve_run(run: str, root: Path) -> Source:
         src.missing, src.command = why, None
     if src.method == "qlora":
         src.notes.append("QLoRA adapter evaluated on the full-precision base (as the GGUF export merges it), not on the 4-bit NF4 base it was trained on")
+    return src
+
+
+def _resolve_quantized(spec: str, root: Path) -> Source:
+    from iris.models import ModelError, base_gguf, merged_gguf
+    from training.config import find_adapter
+
+    name, quant = spec.rsplit("@", 1)
+    try:
+        if name.startswith("base:"):
+            if name != "base:smollm2-135m":
+                raise EvalError(f"{spec}: only the embedded base, base:smollm2-135m, can be re-quantized here")
+            src = _resolve_gguf(base_gguf(quant.lower()), root)
+            src.label = f"smollm2-135m (base) · {quant.upper()}"
+        else:
+            adapter = Path(name) if Path(name).is_dir() else find_adapter(name, root)
+            if not (adapter / "adapter_config.json").exists():
+                return _resolve_run(name, root)  # reported as missing, with the command that trains it
+            src = _resolve_gguf(merged_gguf(adapter, quant=quant.lower()), root)
+            src.label, src.run = f"{name} · {quant.upper()}", name
+            src.tokenizer_dir = str(adapter) if (adapter / "tokenizer_config.json").exists() else src.tokenizer_dir
+    except ModelError as e:
+        raise EvalError(str(e)) from None
+    src.spec = spec
     return src
 
 
@@ -189,7 +223,9 @@ def _resolve_gguf(path: Path, root: Path) -> Source:
     except (OSError, ValueError):
         pass
     # The tokenizer that gives PyTorch and GGUF the same token ids: the run's, else its base's.
-    adapter = root / "models" / (info.get("run") or run)
+    from training.config import find_adapter
+
+    adapter = find_adapter(info.get("run") or run, root)
     record = run_record(root, info.get("run") or run) or {}
     src.base = info.get("base_model") or record.get("config", {}).get("model")
     if (adapter / "tokenizer_config.json").exists():
@@ -249,6 +285,22 @@ def _delta(a, b):
     return a - b if a is not None and b is not None else None
 
 
+def paired_intervals(ref: dict, m: dict) -> dict:
+    """Paired bootstrap 95% intervals of the differences that matter, over the held-out items both models answered:
+    coverage and ROUGE-L (model minus reference) and the perplexity ratio (model over reference)."""
+    mine = {a["id"]: a for a in m["answers"] if a["set"] == "test"}
+    both = [(a, mine[a["id"]]) for a in ref["answers"] if a["set"] == "test" and a["id"] in mine]
+    out = {}
+    for key in ("coverage", "rouge_l"):
+        pairs = [(a[key], b[key]) for a, b in both if a[key] is not None and b[key] is not None]
+        out[f"{key}_delta_bootstrap"] = metrics.paired_bootstrap(pairs, metrics.mean_difference)
+    ref_nll = {r["id"]: r for r in (ref.get("perplexity") or {}).get("per_item", [])}
+    triples = [(ref_nll[r["id"]]["nll"], r["tokens"], r["nll"]) for r in (m.get("perplexity") or {}).get("per_item", [])
+               if r["id"] in ref_nll and r["tokens"] == ref_nll[r["id"]]["tokens"] and r["tokens"]]
+    out["perplexity_ratio_bootstrap"] = metrics.paired_bootstrap(triples, metrics.perplexity_ratio)
+    return out
+
+
 def compare(models: list[dict]) -> dict:
     """Every completed model against the first completed one (the reference): quality deltas, speed and memory ratios."""
     done = [m for m in models if m.get("status") == "completed"]
@@ -276,6 +328,7 @@ def compare(models: list[dict]) -> dict:
             "peak_rss_ratio": _ratio(m["memory"].get("peak_rss_mb"), ref["memory"].get("peak_rss_mb")),
             "identical_answers": metrics.share(x == y for x, y in same),
             "answer_rouge_l_vs_reference_model": metrics.mean(metrics.rouge_l(y, x) for x, y in same),
+            **paired_intervals(ref, m),
         })
     return {"reference": ref["label"], "rows": rows}
 
@@ -328,8 +381,40 @@ def evaluate(script: str, sources: list[Source], settings: Settings, out: Path, 
     if finish is not None:
         finish(record)
     write_json(out, record)
-    print(f"[{script}] report {out}")
+    out.with_suffix(".md").write_text(markdown_table(record))
+    print(f"[{script}] report {out} (table: {out.with_suffix('.md').name})")
     return record
+
+
+def markdown_table(record: dict) -> str:
+    """The report's models and their differences from the reference, with paired bootstrap 95% intervals."""
+    def f(x, fmt=".3f"):
+        return format(x, fmt) if isinstance(x, (int, float)) else "-"
+
+    def ci(b, fmt):
+        return f"{f(b['value'], fmt)} [{f(b['ci95'][0], fmt)}, {f(b['ci95'][1], fmt)}]" if b else "-"
+
+    hw = record.get("hardware", {})
+    argv = " ".join(record["config"].get("argv") or []).replace(str(REPO) + "/", "")
+    lines = [f"# {record['name']}", "", f"Command: `python evaluation/{record['name']}.py {argv}`",
+             f"Machine: {hw.get('gpu') or hw.get('cpu_model') or hw.get('cpu')}; {record['items']['test_items']} held-out test items "
+             f"({record['generation']['mode']}, at most {record['generation']['max_new_tokens']} new tokens).", "",
+             "| model | perplexity | concept coverage | ROUGE-L | ended by itself | leaks |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for m in record["models"]:
+        if m.get("status") != "completed":
+            lines.append(f"| {m['label']} | {m.get('status')} | | | | |")
+            continue
+        s, p = m["summary"], m.get("perplexity") or {}
+        lines.append(f"| {m['label']} | {f(p.get('perplexity'), '.2f')} | {f(s['coverage_mean'])} | {f(s['rouge_l_mean'])} | "
+                     f"{f(s['ended_rate'], '.2f')} | {f(s['leak_rate'], '.2f')} |")
+    rows = (record.get("comparison") or {}).get("rows") or []
+    if rows:
+        lines += ["", f"Against {record['comparison']['reference']} (value [paired bootstrap 95% interval] over the same items):", "",
+                  "| model | perplexity ratio | coverage difference | ROUGE-L difference |", "| --- | ---: | ---: | ---: |"]
+        for r in rows:
+            lines.append(f"| {r['label']} | {ci(r.get('perplexity_ratio_bootstrap'), '.3f')} | {ci(r.get('coverage_delta_bootstrap'), '+.3f')} | "
+                         f"{ci(r.get('rouge_l_delta_bootstrap'), '+.3f')} |")
+    return "\n".join(lines) + "\n"
 
 
 def _describe(src: Source) -> str:
@@ -374,6 +459,8 @@ def add_settings_args(parser: argparse.ArgumentParser, prompts: str) -> None:
     g.add_argument("--sampling", action="store_true", help=f"sample with the original's temperature {d.temperature} and top-p {d.top_p} and a fixed seed (default: greedy)")
     g.add_argument("--temperature", type=float, default=d.temperature, help="with --sampling")
     g.add_argument("--top_p", type=float, default=d.top_p, help="with --sampling")
+    g.add_argument("--repeat_penalty", type=float, default=d.repeat_penalty, help="penalty on recently generated tokens (default 1.0: none; "
+                   "Iris uses 1.15 with temperature 0.3 and top-p 0.9: --sampling --repeat_penalty 1.15 measures what a student gets)")
     g.add_argument("--seed", type=int, default=d.seed, help="with --sampling: the seed of the first prompt (prompt i uses seed + i)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch and llama.cpp (default: all cores this process may use)")
     g.add_argument("--no_merge", action="store_true", help="generate with the LoRA adapter unmerged (PEFT layers) instead of merged into the base")
@@ -385,7 +472,7 @@ def add_settings_args(parser: argparse.ArgumentParser, prompts: str) -> None:
 
 def settings_from_args(args) -> Settings:
     return Settings(max_new_tokens=args.max_new_tokens, limit=args.limit or None, ppl_limit=args.ppl_limit or None, prompts=args.prompts,
-                    sampling=args.sampling, temperature=args.temperature, top_p=args.top_p, seed=args.seed, threads=args.threads,
+                    sampling=args.sampling, temperature=args.temperature, top_p=args.top_p, seed=args.seed, repeat_penalty=args.repeat_penalty, threads=args.threads,
                     merge=not args.no_merge, test_file=args.test_file, batch_size=args.batch_size)
 
 

@@ -131,7 +131,7 @@ def pick(report: dict) -> dict:
     """The shipping rule (RULE) over the completed candidates."""
     rows = []
     for m in report["models"]:
-        c = next((c for c in CANDIDATES if m.get("spec") == c.run), None)
+        c = next((c for c in CANDIDATES if (m.get("source") or {}).get("run") == c.run), None)
         if c is None or m.get("status") != "completed" or c.method != "lora":
             continue
         s, p = m["summary"], m.get("perplexity") or {}
@@ -154,13 +154,15 @@ def markdown(report: dict) -> str:
     def f(x, fmt=".3f"):
         return format(x, fmt) if isinstance(x, (int, float)) else "-"
 
-    by_spec = {m.get("spec"): m for m in report["models"]}
-    base = next((m for m in report["models"] if m.get("spec", "").startswith("base:") and m.get("status") == "completed"), None)
+    by_run = {(m.get("source") or {}).get("run"): m for m in report["models"]}
+    base = next((m for m in report["models"] if "(base)" in m.get("label", "") and m.get("status") == "completed"), None)
     lines = ["# Recipe comparison: SmolLM2-135M on the ID2223 exam-prep data", "",
              f"Command: `python evaluation/eval_recipes.py {' '.join(report['config']['argv'])}`".replace("  ", " "),
-             f"Hardware: {report['hardware'].get('gpu') or report['hardware'].get('cpu_model') or report['hardware'].get('cpu')}; "
-             f"held-out test items: {report['items']['test_items']}; generation: {report['generation']['mode']}, "
-             f"{report['generation']['max_new_tokens']} new tokens at most.", "",
+             f"Evaluated on: {report['hardware'].get('gpu') or report['hardware'].get('cpu_model') or report['hardware'].get('cpu')}; "
+             f"trained on: {', '.join(sorted({t.get('gpu') or t.get('device') or '?' for t in report['training'].values() if t.get('steps')}))}; "
+             f"held-out test items: {report['items']['test_items']}; generation: {report['generation']['mode']} "
+             f"(repeat penalty {report['generation'].get('repeat_penalty')}), {report['generation']['max_new_tokens']} new tokens at most. "
+             "`train s` is the wall time of the training process, for a resumed run (*) its last part only.", "",
              "| candidate | varies | steps | train s | perplexity | coverage | ROUGE-L | ended | leaks |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     if base:
@@ -168,7 +170,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| base | untuned SmolLM2-135M-Instruct | - | - | {f(p.get('perplexity'), '.2f')} | {f(s['coverage_mean'])} | "
                      f"{f(s['rouge_l_mean'])} | {f(s['ended_rate'], '.2f')} | {f(s['leak_rate'], '.2f')} |")
     for c in CANDIDATES:
-        m = by_spec.get(c.run)
+        m = by_run.get(c.run)
         if m is None:
             continue
         t = report["training"].get(c.key, {})
@@ -177,13 +179,47 @@ def markdown(report: dict) -> str:
             continue
         s, p = m["summary"], m.get("perplexity") or {}
         win = " **(shipped)**" if report["pick"].get("winner") == c.run else ""
-        lines.append(f"| {c.key}{win} | {c.varies} | {t.get('steps', '-')} | {f(t.get('train_seconds'), '.0f')} | {f(p.get('perplexity'), '.2f')} | "
+        resumed = "*" if t.get("resumed_from") else ""
+        lines.append(f"| {c.key}{win} | {c.varies} | {t.get('steps', '-')} | {f(t.get('train_seconds'), '.0f')}{resumed} | {f(p.get('perplexity'), '.2f')} | "
                      f"{f(s['coverage_mean'])} | {f(s['rouge_l_mean'])} | {f(s['ended_rate'], '.2f')} | {f(s['leak_rate'], '.2f')} |")
     lines += ["", f"Rule: {report['pick']['rule']}.", f"Winner: `{report['pick'].get('winner')}`.", "",
               "Training commands:", ""]
     for key, t in report["training"].items():
         lines += [f"- `{key}`: " + " && ".join(f"`python {c}`" for c in t.get("commands", []))]
     return "\n".join(lines) + "\n"
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def gguf_sources(chosen: list[Candidate], root: Path, quant: str) -> list:
+    """Export every trained candidate (tools/export_to_gguf.py, verification included) and the base to ``quant``;
+    the base's F16 file comes from the first export, quantized here the same way."""
+    from tools.export_to_gguf import quantize
+
+    out_dir = root / "gguf_export"
+    sources = []
+    for c in chosen:
+        adapter = root / "models" / c.run
+        target = out_dir / f"{c.run}_{quant}.gguf"
+        if (adapter / "adapter_model.safetensors").exists() and not target.exists():
+            print(f"[eval_recipes] exporting {c.run} to {quant.upper()}", flush=True)
+            subprocess.run([sys.executable, "tools/export_to_gguf.py", str(adapter), "--quants", quant, "--out_dir", str(out_dir)],
+                           cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+        sources.append(resolve_spec(str(target), root))
+    base_f16 = out_dir / "smollm2-135m_base_f16.gguf"
+    base = out_dir / f"smollm2-135m_base_{quant}.gguf"
+    if base_f16.exists() and not base.exists():
+        quantize(base_f16, base, quant)
+    src = resolve_spec(str(base), root)
+    src.label = f"smollm2-135m (base) · {quant.upper()}"
+    return [src] + sources
 
 
 def training_facts(root: Path, c: Candidate, trained_now: dict) -> dict:
@@ -193,7 +229,21 @@ def training_facts(root: Path, c: Candidate, trained_now: dict) -> dict:
         return {**trained_now, "status": trained_now.get("status", "missing")}
     return {**trained_now, "steps": rec.get("global_step"), "epochs": rec.get("epochs"), "train_seconds": rec.get("wall_seconds"),
             "final_train_loss": rec.get("final_train_loss"), "device": rec.get("resolved", {}).get("device"),
-            "gpu": rec.get("hardware", {}).get("gpu"), "tokens_seen": rec.get("tokens_seen")}
+            "gpu": rec.get("hardware", {}).get("gpu"), "tokens_seen": rec.get("tokens_seen"),
+            "resumed_from": rec.get("resolved", {}).get("resumed_from")}
+
+
+def render(out: Path, root: Path) -> None:
+    from training.run import write_json
+
+    report = json.loads(out.read_text())
+    for c in CANDIDATES:
+        if c.key in report["training"]:
+            report["training"][c.key] = training_facts(root, c, {k: v for k, v in report["training"][c.key].items() if k in ("key", "commands", "status")})
+    report["pick"] = pick(report)
+    write_json(out, report)
+    out.with_suffix(".md").write_text(markdown(report))
+    print(f"[eval_recipes] winner: {report['pick'].get('winner')}; table {out.with_suffix('.md')}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -202,7 +252,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train_flags", default="", help="extra flags for every training command, e.g. '--max_steps 2 --num_samples 32' for a smoke test")
     p.add_argument("--train_budget", type=float, default=None, help="seconds for all training; candidates still training then are stopped")
     p.add_argument("--skip_training", action="store_true", help="evaluate the adapters that exist; train nothing")
+    p.add_argument("--render_only", action="store_true", help="re-read the run records and rewrite the report's training facts, "
+                   "pick and table from the existing --out report; evaluate nothing")
     p.add_argument("--out", default=str(RESULTS / "eval_recipes.json"), help="report path; the table goes beside it as .md (default: %(default)s)")
+    p.add_argument("--backend", choices=("auto", "pytorch", "gguf"), default="auto",
+                   help="auto: PyTorch on a CUDA GPU; elsewhere each candidate's GGUF export (llama.cpp generates ~10x faster on a CPU)")
+    p.add_argument("--quant", default="q8_0", help="with the gguf backend: the export evaluated, base and candidates alike (default q8_0)")
     add_settings_args(p, prompts="none")
     p.set_defaults(limit=0)
     args = p.parse_args(argv)
@@ -212,6 +267,9 @@ def main(argv: list[str] | None = None) -> None:
         raise EvalError(f"unknown candidate {', '.join(unknown)}: choose from {', '.join(BY_KEY)}")
     chosen = [BY_KEY[k] for k in keys]
     root = Path(args.root)
+    if args.render_only:
+        render(Path(args.out), root)
+        return
     extra = shlex.split(args.train_flags)
     trained_now = {c.key: {"commands": [" ".join(a.replace(str(REPO) + "/", "") for a in cmd[1:]) for cmd in c.commands(str(root), extra)]}
                    for c in chosen}
@@ -226,7 +284,11 @@ def main(argv: list[str] | None = None) -> None:
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             for r in pool.map(lambda c: train_candidate(c, root, extra, deadline), chosen):
                 trained_now[r["key"]] = r
-    sources = [resolve_spec("base:smollm2-135m", root)] + [resolve_spec(c.run, root) for c in chosen]
+    backend = args.backend if args.backend != "auto" else ("pytorch" if _cuda() else "gguf")
+    if backend == "gguf":
+        sources = gguf_sources(chosen, root, args.quant)
+    else:
+        sources = [resolve_spec("base:smollm2-135m", root)] + [resolve_spec(c.run, root) for c in chosen]
     if all(s.missing for s in sources[1:]):
         raise EvalError("no candidate has an adapter: " + "; ".join(f"{s.label}: {s.missing}" for s in sources[1:]))
 

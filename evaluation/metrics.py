@@ -150,3 +150,27 @@ def median(xs: Iterable) -> float | None:
 def share(flags: Iterable) -> float | None:
     v = [bool(x) for x in flags if x is not None]
     return sum(v) / len(v) if v else None
+
+
+# ------------------------------------------------------------------------------------------------- uncertainty
+def paired_bootstrap(pairs: Sequence[tuple], stat, n: int = 2000, seed: int = 0, level: float = 0.95) -> dict | None:
+    """Percentile bootstrap over items of a paired statistic: ``stat(pairs)`` on the data, and its ``level`` interval
+    from ``n`` resamples of the items (with replacement, the same items for both models, so their pairing holds)."""
+    if len(pairs) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    k = len(pairs)
+    draws = sorted(stat([pairs[i] for i in rng.integers(0, k, k)]) for _ in range(n))
+    lo, hi = draws[int((1 - level) / 2 * n)], draws[min(n - 1, int((1 + level) / 2 * n))]
+    return {"value": stat(list(pairs)), "ci95": [lo, hi], "items": k, "resamples": n}
+
+
+def mean_difference(pairs) -> float:
+    """Mean of (second - first) over (first, second) pairs."""
+    return sum(b - a for a, b in pairs) / len(pairs)
+
+
+def perplexity_ratio(pairs) -> float:
+    """Perplexity of the second model over the first's, from per-item (nll_a, tokens, nll_b) triples."""
+    tokens = sum(t for _, t, _ in pairs)
+    return math.exp((sum(b for _, _, b in pairs) - sum(a for a, _, _ in pairs)) / tokens)

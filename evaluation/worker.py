@@ -135,7 +135,7 @@ class TorchModel:
         from transformers import GenerationConfig
 
         torch, s = self.torch, self.settings
-        cfg = dict(max_new_tokens=s.max_new_tokens, eos_token_id=sorted(self.stop_ids),
+        cfg = dict(max_new_tokens=s.max_new_tokens, eos_token_id=sorted(self.stop_ids), repetition_penalty=s.repeat_penalty,
                    pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.stop_ids))
         cfg.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0) if s.sampling else cfg.update(do_sample=False)
         torch.manual_seed(seed)
@@ -155,7 +155,7 @@ class TorchModel:
 
         torch, s = self.torch, self.settings
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.stop_ids)
-        cfg = dict(max_new_tokens=s.max_new_tokens, eos_token_id=sorted(self.stop_ids), pad_token_id=pad)
+        cfg = dict(max_new_tokens=s.max_new_tokens, eos_token_id=sorted(self.stop_ids), repetition_penalty=s.repeat_penalty, pad_token_id=pad)
         cfg.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0) if s.sampling else cfg.update(do_sample=False)
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), pad, dtype=torch.long)
@@ -211,7 +211,7 @@ class GGUFModel:
         kw = dict(temp=s.temperature, top_p=s.top_p, top_k=0, min_p=0.0) if s.sampling else dict(temp=0.0)
         out, first = [], None
         t0 = time.perf_counter()
-        for token in llm.generate(list(ids), repeat_penalty=1.0, reset=True, **kw):
+        for token in llm.generate(list(ids), repeat_penalty=s.repeat_penalty, reset=True, **kw):
             first = first or time.perf_counter()
             out.append(int(token))
             if token in self.stop_ids or len(out) >= s.max_new_tokens:

@@ -6,7 +6,7 @@
 
 API names: study_chat (streamed), quiz, quiz_grade, feedback, cheat_sheet, study_plan, mixed_drill, drill_grade.
 Environment: IRIS_HOST / GRADIO_SERVER_NAME, IRIS_PORT / GRADIO_SERVER_PORT, IRIS_GGUF_DIR, IRIS_HUB_MODELS,
-IRIS_DEFAULT_MODEL, IRIS_N_CTX (2048), IRIS_QUEUE_SIZE (32), IRIS_MAX_TOKENS_CAP (tests: bound every tool's max tokens).
+IRIS_ADAPTER_DIR (shipped adapters; default adapters/), IRIS_DEFAULT_MODEL, IRIS_N_CTX (2048), IRIS_QUEUE_SIZE (32), IRIS_MAX_TOKENS_CAP (tests: bound every tool's max tokens).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import inspect
 import os
 import sys
 import tempfile
+import threading
 from datetime import date
 from pathlib import Path
 
@@ -28,9 +29,10 @@ except ImportError:  # run as a script or as a Space: the modules sit beside thi
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bank
     import logic
-    import models
     import plan
     import tasks
+
+    import models
 
 N_CTX = int(os.environ.get("IRIS_N_CTX", "2048"))
 CAP = int(os.environ.get("IRIS_MAX_TOKENS_CAP", "0")) or None
@@ -244,6 +246,14 @@ def show_drill_answers(data):
     return [*updates, gr.Button(visible=bool(questions)), ""]
 
 
+def _prepare(entry) -> None:
+    try:
+        path = models.resolve(entry)
+        print(f"[iris] {entry.label} is ready: {path}", flush=True)
+    except models.ModelError as e:
+        print(f"[iris] {e}", flush=True)
+
+
 def collect(*answers):
     return list(answers)
 
@@ -355,7 +365,11 @@ def main(argv=None) -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("IRIS_PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860),
                         help="port (env IRIS_PORT or GRADIO_SERVER_PORT; default 7860)")
     args = parser.parse_args(argv)
-    print(f"[iris] {len(POOL.entries())} models; listening on http://{args.host}:{args.port}", flush=True)
+    entries = POOL.entries()
+    tuned = [e for e in entries.values() if e.adapter]
+    if tuned:  # merge and export the default tuned model now, so the first request finds it ready
+        threading.Thread(target=_prepare, args=(tuned[0],), daemon=True).start()
+    print(f"[iris] {len(entries)} models; listening on http://{args.host}:{args.port}", flush=True)
     demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(FILES)])
 
 

