@@ -394,6 +394,7 @@ def test_registry_reads_manifests_and_skips_adapters(tmp_path, monkeypatch):
     (tmp_path / "broken.manifest.json").write_text("{not json")
     monkeypatch.setenv("IRIS_GGUF_DIR", str(tmp_path))
     monkeypatch.setenv("IRIS_HUB_MODELS", "user/repo:model-q4_k_m.gguf, bad-entry")
+    monkeypatch.setenv("IRIS_ADAPTER_DIR", str(tmp_path / "no-adapters"))  # the shipped tuned model: tests/test_shipped.py
     reg = models.registry()
     assert list(reg)[0] == models.EMBEDDED_KEY
     labels = {e.label for e in reg.values()}
