@@ -49,6 +49,9 @@ def load_reports(folder: Path) -> list[dict]:
         except (OSError, ValueError) as e:
             print(f"[summarize] skipping {path}: {e}")
             continue
+        if rep.get("kind") == "eval" and any("summary" not in m for m in rep.get("models", []) if m.get("status") == "completed"):
+            print(f"[summarize] {path.name} is not an answer-quality report; its own table is {path.with_suffix('.md').name}")
+            continue
         if rep.get("kind") == "eval":
             rep["_file"] = path.name
             out.append(rep)
@@ -188,7 +191,8 @@ def build(results: Path, logs: Path, out: Path) -> str:
     if not reports:
         lines += ["No evaluation reports yet. Run:", ""] + [f"    python evaluation/{name}.py" for name in EVALUATIONS] + [""]
     for rep in reports:
-        name = rep["name"]
+        stem = rep["_file"].removesuffix(".json")
+        name = stem if stem == rep["name"] else f"{stem} ({rep['name']}.py)"
         lines += [f"## {name}", "", f"`{command_line(rep)}` -> `{rep['_file']}`; {provenance_line(rep)}", ""]
         lines += model_table(rep) + [""]
         comp = comparison_table(rep)
