@@ -204,7 +204,7 @@ def build(results: Path, logs: Path, out: Path) -> str:
             lines.append("")
         notes = {n for m in rep["models"] for n in (m.get("source") or {}).get("notes", [])}
         lines += [f"- note: {n}" for n in sorted(notes)] + ([""] if notes else [])
-        png = out.parent / f"{name}.png"
+        png = out.parent / f"{stem}.png"
         if plot_report(rep, png):
             lines += [f"![{name}]({png.name})", ""]
     curves = load_training_logs(logs)
