@@ -56,6 +56,7 @@ def test_new_train_steps_retrain_from_scratch(repo):
     assert demo.main(["--train_steps", "40"]) == 0
     cmd, done = calls[3]
     assert not done and "--resume" not in cmd and cmd[cmd.index("--max_steps") + 1] == "40"
+    assert cmd[cmd.index("--per_device_train_batch_size") + 1] == "4", "4 conversations per step, whatever the script's recipe"
     assert not stale.exists(), "the other schedule's checkpoints must not be resumed"
 
 

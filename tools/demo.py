@@ -120,7 +120,7 @@ def main(argv=None) -> int:
             shutil.rmtree(checkpoints)  # the demo's own checkpoints of another schedule: resuming them would mix two runs
         times["train"] = run_step(3, total, f"short LoRA fine-tune on the exam data ({args.train_steps} steps x 4 conversations)",
                                   [PY, SCRIPT, "--run_name", RUN, "--max_steps", str(args.train_steps),
-                                   "--gradient_accumulation_steps", "1", "--logging_steps", "2", "--save_steps", str(max(args.train_steps // 2, 1)),
+                                   "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--logging_steps", "2", "--save_steps", str(max(args.train_steps // 2, 1)),
                                    *(["--resume"] if checkpoints.exists() else [])], trained)
         eval_settings = {"limit": args.eval_items, "ppl_limit": args.ppl_items, "max_new_tokens": args.max_new_tokens}
         evaluated = newer(eval_report, adapter / "adapter_model.safetensors") and all(
