@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from training.config import REPO, SHIPPED_ADAPTERS  # noqa: E402
-from training.run import write_json  # noqa: E402
+from training.run import replace_folder, write_json  # noqa: E402
 
 MAX_MB = 25
 FILES = ("adapter_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
@@ -54,11 +54,7 @@ def ship(run: str, name: str, dest_root: Path = SHIPPED_ADAPTERS, root: Path = R
     record.update(name=name, trained_as=record.get("name"), shipped={"from": str(src.relative_to(root)) if src.is_relative_to(root) else str(src),
                                                                       "weights_dtype": "bfloat16", "adapter_mb": round(size_mb, 2)})
     write_json(tmp / "run_record.json", record)
-    old = dest.with_name(f".{name}.old-{os.getpid()}")
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, dest)
     print(f"[ship] {src} -> {dest} ({size_mb:.1f} MB adapter, trained on {record.get('hardware', {}).get('gpu') or 'CPU'})")
     return dest
 

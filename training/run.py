@@ -506,9 +506,14 @@ def save_adapter(trainer, tokenizer, adapter_dir: Path, record: dict) -> None:
     trainer.model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     write_json(tmp / "run_record.json", record)
-    old = adapter_dir.with_name(f".{adapter_dir.name}.old-{os.getpid()}")
-    if adapter_dir.exists():
-        os.replace(adapter_dir, old)
-    os.replace(tmp, adapter_dir)
+    replace_folder(tmp, adapter_dir)
+
+
+def replace_folder(tmp: Path, dest: Path) -> None:
+    """Put the complete folder ``tmp`` at ``dest``, moving any old one aside first, so ``dest`` is never half-written."""
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
     shutil.rmtree(old, ignore_errors=True)
 
