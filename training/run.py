@@ -331,11 +331,11 @@ def train(cfg: TrainConfig) -> Path:
     rows = du.sample(rows, cfg.num_samples, cfg.seed)
     train_rows, eval_rows = du.split_holdout(rows, cfg.holdout, cfg.seed) if cfg.holdout else (rows, [])
     train_data, length_stats = du.tokenize_conversations(train_rows, tokenizer, train_template, cfg.max_length, cfg.over_length)
-    eval_data, _ = du.tokenize_conversations(eval_rows, tokenizer, train_template, cfg.max_length, cfg.over_length)
+    eval_data, eval_length_stats = du.tokenize_conversations(eval_rows, tokenizer, train_template, cfg.max_length, cfg.over_length)
     if not train_data:
-        raise RunError(f"no training conversations left from {source} (over_length={cfg.over_length}, max_length={cfg.max_length})")
-    print(f"[data] {len(train_data)} training conversations from {source}; {len(eval_rows)} held out; "
-          f"{length_stats['over_max_length']} over {cfg.max_length} tokens ({'truncated' if cfg.over_length == 'truncate' else 'dropped'}); "
+        raise RunError(f"no training conversations left from {source} ({length_stats['summary']}; over_length={cfg.over_length})")
+    held_out = f"{len(eval_data)} held out" + (f" ({eval_length_stats['summary']})" if eval_length_stats["over_max_length"] else "")
+    print(f"[data] {len(train_data)} training conversations from {source}; {held_out}; {length_stats['summary']}; "
           f"{length_stats['loss_tokens']} of {length_stats['tokens']} tokens carry loss")
     train_ds = Dataset.from_list(train_data)
     eval_ds = Dataset.from_list(eval_data) if eval_data else None
@@ -399,7 +399,7 @@ def train(cfg: TrainConfig) -> Path:
                      "activation_checkpointing": cfg.checkpointing, "padding_free": cfg.uses_padding_free(device), "attention": model.config._attn_implementation, "lm_head": lm_head,
                      "world_size": int(os.environ.get("WORLD_SIZE", "1")), "resumed_from": resumed_from or (str(resume_from) if resume_from else None)},
         "data": {"source": source, "train_conversations": len(train_data), "held_out": len(eval_data),
-                 "sha256": du.data_hash(train_rows), "length": length_stats},
+                 "sha256": du.data_hash(train_rows), "length": length_stats, "held_out_length": eval_length_stats},
         "chat_template_sha256": template_hash(serving_template),
         "training_chat_template_sha256": template_hash(train_template),
         "parameters": {"trainable": trainable, "total": total, "trainable_pct": round(100 * trainable / total, 3)},
