@@ -2,15 +2,20 @@
 
 Every model gets exactly the same deterministic inputs (a fixed seed; topics from the question bank's titles, feedback
 questions from the held-out test split) and is driven through ``iris.tasks`` as the app drives it
-(``create_chat_completion(messages=..., **logic.settings(tool))``, the question bank as fallback). Measured per model:
+(``create_chat_completion(messages=..., grammar=..., **logic.settings(tool))``, the question bank as fallback).
+``--grammar both`` runs each model a second time without the GBNF grammars, as Iris ran before them. Measured per model:
 
 1. quiz: share of requests whose FIRST attempt parsed into all n questions (no stricter re-ask); final status counts;
+   seconds per request and generated tokens per second; the share of the model's questions whose marked answer is the
+   option the course text supports, by the lexical judge of ``evaluation/mcq_judge.py`` (validated on the question bank);
 2. mixed drill: the same;
 3. study plan: share of the model's own drafts that pass ``plan.check_plan``, share of final plans with no check
    failure, mean number of activities the model wrote;
 4. feedback: verdicts against labels known by construction, on held-out test questions: the reference answer
    ("correct"), the reference answer of a question from another topic ("incorrect"), the reference's first sentence
-   ("partly correct"); accuracy overall and per label, confusion counts, "incorrect" answers called correct;
+   ("partly correct"); accuracy overall and per label, confusion counts, "incorrect" answers called correct. Iris now
+   takes the verdict from the rubric of a matching course item (``iris/grounding.py``), not from the model, and gives
+   none when no item matches: held-out questions are not in its index, so most get no verdict;
 5. leakage: share of task outputs whose ``leak_flags`` is non-empty, and the flags seen.
 
 The first model is the reference; the comparison gives each other model minus the reference, per metric.
@@ -42,7 +47,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as ``python evaluation/eval_iris.py``
     sys.path.insert(0, str(REPO))
 
-from iris import bank, logic, tasks  # noqa: E402
+from evaluation import mcq_judge  # noqa: E402
+from iris import bank, grammars, logic, tasks  # noqa: E402
 from training.dataset_utils import EXAM_TEST_DATA, load_conversations  # noqa: E402
 
 SCRIPT = "eval_iris"
@@ -177,12 +183,14 @@ class Generator:
     repeat. With the reset, the same seed, model, threads and build give the same replies.
     """
 
-    def __init__(self, llm, cap: int | None = None):
-        self.llm, self.cap, self.seed, self.calls = llm, cap, None, []
+    def __init__(self, llm, cap: int | None = None, use_grammar: bool = True):
+        self.llm, self.cap, self.use_grammar, self.seed, self.calls = llm, cap, use_grammar, None, []
 
-    def __call__(self, messages: list[dict], tool: str) -> str:
+    def __call__(self, messages: list[dict], tool: str, grammar: str | None = None) -> str:
         t = time.time()
         extra = {"seed": self.seed} if self.seed is not None else {}
+        if grammar and self.use_grammar:
+            extra["grammar"] = grammars.compiled(grammar)
         if hasattr(self.llm, "reset"):
             self.llm.reset()
         out = self.llm.create_chat_completion(messages=messages, **logic.settings(tool, self.cap), **extra)
@@ -190,7 +198,7 @@ class Generator:
         usage = out.get("usage") or {}
         self.calls.append({"tool": tool, "seconds": round(time.time() - t, 2), "prompt_tokens": usage.get("prompt_tokens"),
                            "completion_tokens": usage.get("completion_tokens"), "finish_reason": out["choices"][0].get("finish_reason"),
-                           "raw": text})
+                           "grammar": bool(extra.get("grammar")), "raw": text})
         return text
 
 
@@ -220,9 +228,10 @@ def _progress(kind: str, item: dict, result: dict | None) -> str:
     return f"label {item['label']!r}, verdict {result.get('verdict')!r}" + (" (re-asked)" if result.get("re_asked") else "")
 
 
-def evaluate_model(label: str, llm, inputs: dict, position: str = "1/1", cap: int | None = None, log=print) -> dict:
-    """Run every input through Iris's tasks on one loaded model: ``{"outputs": {kind: [records]}, "metrics", ...}``."""
-    generate = Generator(llm, cap)
+def evaluate_model(label: str, llm, inputs: dict, position: str = "1/1", cap: int | None = None, log=print, use_grammar: bool = True) -> dict:
+    """Run every input through Iris's tasks on one loaded model: ``{"outputs": {kind: [records]}, "metrics", ...}``.
+    ``use_grammar=False`` drops the tasks' GBNF grammars (how Iris generated before they existed)."""
+    generate = Generator(llm, cap, use_grammar)
     outputs: dict[str, list[dict]] = {}
     t0 = time.time()
     for kind in ("quizzes", "drills", "plans", "feedback"):
@@ -249,9 +258,19 @@ def _rate(k: int, n: int) -> float | None:
     return k / n if n else None
 
 
+def _topic_ids(item: dict, number: int) -> list[str]:
+    """The course topic of question ``number`` of a request: the quiz's topic, or drill question i's topic i."""
+    if item.get("topic_id"):
+        return [item["topic_id"]]
+    ids = item.get("topic_ids") or []
+    return [ids[(number - 1) % len(ids)]] if ids else []
+
+
 def question_metrics(items: list[dict], records: list[dict]) -> dict:
-    """Quiz or drill: parsed into all n questions on the first attempt (no re-ask), and the final statuses."""
+    """Quiz or drill: parsed into all n questions on the first attempt (no re-ask), the final statuses, decoding speed,
+    and the lexical judge's agreement with the model's marked answers (``evaluation/mcq_judge.py``)."""
     want = {i["id"]: i["n"] for i in items}
+    items_by_id = {i["id"]: i for i in items}
     n = len(records)
     first = reasked = errors = 0
     parsed_first = []
@@ -268,7 +287,16 @@ def question_metrics(items: list[dict], records: list[dict]) -> dict:
         parsed_first.append(attempts[0]["parsed"])
         reasked += len(attempts) > 1
         status[r.get("status")] += 1
+    judged = [mcq_judge.judge(q, _topic_ids(items_by_id.get(rec["id"], {}), q["number"]))
+              for rec in records if rec.get("result") and rec["result"].get("source") == "model"
+              for q in rec["result"]["questions"] if q.get("kind", "mcq") == "mcq"]
+    calls = [c for rec in records for c in rec.get("calls", []) if c.get("completion_tokens")]
+    seconds, tokens = sum(c["seconds"] for c in calls), sum(c["completion_tokens"] for c in calls)
     return {"requests": n, "first_try_parsed": first, "first_try_rate": _rate(first, n),
+            "seconds_per_request": sum(rec.get("seconds", 0) for rec in records) / n if n else None,
+            "tokens_per_second": tokens / seconds if seconds else None,
+            "judge": (judge := mcq_judge.summarize(judged)), "judge_agree": judge["agree"], "judge_decided": judge["decided"],
+            "judge_agree_rate": judge["agree_rate"],
             "first_try_questions_mean": sum(parsed_first) / len(parsed_first) if parsed_first else None,
             "reasked": reasked, "from_model_ok": status["ok"], "from_model_ok_rate": _rate(status["ok"], n),
             "status_counts": {s: status[s] for s in ("ok", "partial", "fallback", "failed", "error") if status[s] or s != "error"},
@@ -339,8 +367,13 @@ def compute_metrics(inputs: dict, outputs: dict) -> dict:
 HEADLINE = [
     ("quiz", "first_try_rate", "Quiz: all n questions parsed on the first try", "rate", "first_try_parsed", "requests"),
     ("quiz", "from_model_ok_rate", "Quiz: status ok (model's questions, re-ask allowed)", "rate", "from_model_ok", "requests"),
+    ("quiz", "judge_agree_rate", "Quiz: marked answer is the option course text supports (judge decided)", "rate", "judge_agree", "judge_decided"),
+    ("quiz", "seconds_per_request", "Quiz: seconds per request (lower is better)", "mean", None, None),
+    ("quiz", "tokens_per_second", "Quiz: generated tokens per second", "mean", None, None),
     ("drill", "first_try_rate", "Drill: all n questions parsed on the first try", "rate", "first_try_parsed", "requests"),
     ("drill", "from_model_ok_rate", "Drill: status ok (model's questions, re-ask allowed)", "rate", "from_model_ok", "requests"),
+    ("drill", "judge_agree_rate", "Drill: marked answer is the option course text supports (judge decided)", "rate", "judge_agree", "judge_decided"),
+    ("drill", "seconds_per_request", "Drill: seconds per request (lower is better)", "mean", None, None),
     ("plan", "draft_accepted_rate", "Study plan: model's own draft passes check_plan", "rate", "draft_accepted", "requests"),
     ("plan", "final_sound_rate", "Study plan: final plan passes check_plan", "rate", "final_sound", "requests"),
     ("plan", "model_activities_mean", "Study plan: activities written by the model (mean)", "mean", None, None),
@@ -349,7 +382,7 @@ HEADLINE = [
     ("feedback", "accuracy_partly_correct", "Feedback: 'partly correct' answers called partly correct", "rate", None, None),
     ("feedback", "accuracy_incorrect", "Feedback: 'incorrect' answers called wrong", "rate", None, None),
     ("feedback", "incorrect_called_correct_rate", "Feedback: 'incorrect' answers called CORRECT (lower is better)", "rate", "incorrect_called_correct", "incorrect_answers"),
-    ("feedback", "no_verdict_rate", "Feedback: no verdict even after a re-ask (lower is better)", "rate", "no_verdict", "answers"),
+    ("feedback", "no_verdict_rate", "Feedback: no verdict (no matching course item)", "rate", "no_verdict", "answers"),
     ("leakage", "rate", "Leakage: outputs with leak flags (lower is better)", "rate", "flagged", "outputs"),
 ]
 
@@ -499,6 +532,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--plans", type=int, default=10, help="study-plan requests (default 10)")
     p.add_argument("--feedback", type=int, default=12, help="held-out test questions for feedback, 3 answers each (default 12)")
     p.add_argument("--seed", type=int, default=SEED, help=f"seed of the inputs and of each request's sampling (default {SEED})")
+    p.add_argument("--grammar", choices=("on", "off", "both"), default="on",
+                   help="Iris's GBNF grammars for quiz, drill and feedback: on (what Iris does), off (before they existed), or both: "
+                        "each model twice, the second labelled '<label>, no grammar' (default on)")
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the physical cores this process may use)")
     p.add_argument("--test_file", default=str(EXAM_TEST_DATA), help="held-out JSONL for the feedback questions (default: the exam test split)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"report (default {DEFAULT_OUT.relative_to(REPO)}; the .md goes beside it)")
@@ -520,7 +556,7 @@ def main(argv: list[str] | None = None) -> dict:
     test_rows = load_test_rows(args.test_file)
     inputs = build_inputs(test_rows, course_topics(test_rows), args.quizzes, args.drills, args.plans, args.feedback, args.seed)
     config = {"models": [{"label": label, "path": str(path)} for label, path in specs], "argv": argv if argv is not None else sys.argv[1:],
-              "seed": args.seed, "n_ctx": N_CTX, "threads": args.threads, "test_file": args.test_file,
+              "seed": args.seed, "n_ctx": N_CTX, "threads": args.threads, "grammar": args.grammar, "test_file": args.test_file,
               "counts": {"quizzes": len(inputs["quizzes"]), "drills": len(inputs["drills"]), "plans": len(inputs["plans"]),
                          "feedback_questions": len(inputs["feedback"]) // 3, "feedback_answers": len(inputs["feedback"])}}
     record = record_envelope("eval", SCRIPT, config)
@@ -532,34 +568,37 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.time()
     models = []
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.grammar]
     for i, (label, path) in enumerate(specs, start=1):
         position = f"{i}/{len(specs)}"
-        entry = {"label": label, "path": str(path), "size_bytes": path.stat().st_size}
         print(f"[{SCRIPT}] model {position}: {label} ({path})", flush=True)
         t = time.time()
         try:
             llm = load_llama(path, n_ctx=N_CTX, n_threads=args.threads)
         except Exception as e:
-            entry.update(status="failed", error=f"could not load: {type(e).__name__}: {e}")
+            entry = {"label": label, "path": str(path), "status": "failed", "error": f"could not load: {type(e).__name__}: {e}"}
             print(f"[{SCRIPT}] model {position}: {label}: {entry['error']}", file=sys.stderr, flush=True)
             models.append(entry)
             continue
-        entry["load_seconds"] = round(time.time() - t, 1)
-        entry["safe_mode"] = getattr(llm, "iris_safe_mode", None)
+        load_seconds = round(time.time() - t, 1)
         try:
-            entry.update(evaluate_model(label, llm, inputs, position))
-            entry["status"] = "completed"
+            for use_grammar in modes:
+                name = label if use_grammar or args.grammar == "off" else f"{label}, no grammar"
+                entry = {"label": name, "path": str(path), "size_bytes": path.stat().st_size, "grammar": use_grammar,
+                         "load_seconds": load_seconds, "safe_mode": getattr(llm, "iris_safe_mode", None)}
+                entry.update(evaluate_model(name, llm, inputs, position, use_grammar=use_grammar))
+                entry["status"] = "completed"
+                m = entry["metrics"]
+                print(f"[{SCRIPT}] model {position}: {name}: quiz first try {_fmt(m['quiz']['first_try_rate'], 'rate')}, "
+                      f"drill first try {_fmt(m['drill']['first_try_rate'], 'rate')}, plan drafts accepted {_fmt(m['plan']['draft_accepted_rate'], 'rate')}, "
+                      f"feedback accuracy {_fmt(m['feedback']['accuracy'], 'rate')}, leakage {_fmt(m['leakage']['rate'], 'rate')} "
+                      f"in {entry['seconds']:.0f} s", flush=True)
+                models.append(entry)
         finally:
             if hasattr(llm, "close"):
                 llm.close()
             del llm
             gc.collect()
-        m = entry["metrics"]
-        print(f"[{SCRIPT}] model {position}: {label}: quiz first try {_fmt(m['quiz']['first_try_rate'], 'rate')}, "
-              f"drill first try {_fmt(m['drill']['first_try_rate'], 'rate')}, plan drafts accepted {_fmt(m['plan']['draft_accepted_rate'], 'rate')}, "
-              f"feedback accuracy {_fmt(m['feedback']['accuracy'], 'rate')}, leakage {_fmt(m['leakage']['rate'], 'rate')} "
-              f"in {entry['seconds']:.0f} s", flush=True)
-        models.append(entry)
     record.update(models=models, comparison=compare(models), wall_seconds=round(time.time() - t0, 1))
     record["status"] = "completed" if any(m.get("status") == "completed" for m in models) else "failed"
     md = write_report(record, Path(args.out))

@@ -24,10 +24,11 @@ from pathlib import Path
 import gradio as gr
 
 try:
-    from iris import bank, logic, models, plan, tasks
+    from iris import bank, grammars, logic, models, plan, tasks
 except ImportError:  # run as a script or as a Space: the modules sit beside this file
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bank
+    import grammars
     import logic
     import plan
     import tasks
@@ -53,9 +54,9 @@ def _model_key(key) -> str:
 
 
 def _generate(key: str):
-    def generate(messages: list[dict], tool: str) -> str:
+    def generate(messages: list[dict], tool: str, grammar: str | None = None) -> str:
         with POOL.use(key) as llm:
-            out = llm.create_chat_completion(messages=messages, **logic.settings(tool, CAP))
+            out = llm.create_chat_completion(messages=messages, grammar=grammars.compiled(grammar) if grammar else None, **logic.settings(tool, CAP))
         return out["choices"][0]["message"].get("content") or ""
 
     return generate
@@ -109,7 +110,7 @@ def _topics(name: str, text, required: bool = True) -> list[str]:
 
 
 def _status(result: dict) -> str:
-    icon = {"ok": "✅", "partial": "⚠️", "fallback": "ℹ️", "failed": "❌"}.get(result.get("status"), "")
+    icon = {"ok": "✅", "partial": "⚠️", "fallback": "ℹ️", "unverified": "ℹ️", "failed": "❌"}.get(result.get("status"), "")
     note = f"{icon} {result.get('message', '')}".strip()
     if result.get("leak_flags"):
         note += f" (removed from the model's output: {', '.join(result['leak_flags'])})"

@@ -414,14 +414,39 @@ def parse_feedback(text: str) -> dict:
     return {"verdict": verdict, "feedback": feedback, "missing": missing, "model_answer": model_answer}
 
 
-def render_feedback(parsed: dict) -> str:
-    verdict = parsed["verdict"] or "unclear (the model gave no verdict; read the feedback yourself)"
-    lines = [f"### Verdict: {verdict}", "", parsed["feedback"] or "(no feedback text)"]
-    if parsed["missing"]:
-        lines += ["", "**What is missing**", *[f"- {m}" for m in parsed["missing"]]]
-    if parsed["model_answer"]:
-        lines += ["", "**Model answer**", parsed["model_answer"]]
-    return "\n".join(lines)
+VERDICT_LINE = re.compile(r"(?im)^\s*\**\s*verdict\s*\**\s*[:\-].*$\n?")
+CLAIM = re.compile(r"^\W*(?:(?:this|that|it|your answer|the answer|you are|you're)\s+(?:is\s+|are\s+)?)?"
+                   r"(partly correct|partially correct|mostly correct|not correct|incorrect|correct|right|wrong)\b", re.I)
+CLAIM_NAMES = {"partly correct": "partly correct", "partially correct": "partly correct", "mostly correct": "partly correct",
+               "not correct": "wrong", "incorrect": "wrong", "wrong": "wrong", "correct": "correct", "right": "correct"}
+
+
+def drop_verdict_claims(text: str, verdict: str) -> tuple[str, int]:
+    """``text`` without its "Verdict:" lines and the sentences that open by claiming a verdict other than ``verdict``
+    ("Correct, with the mechanism covered ..." under a verdict of wrong); returns the text and how many were removed."""
+    text = VERDICT_LINE.sub("", text or "")
+    kept, removed = [], 0
+    for paragraph in text.split("\n"):
+        sentences = re.split(r"(?<=[.!?])\s+", paragraph)
+        keep = [x for x in sentences if not ((m := CLAIM.match(x)) and CLAIM_NAMES[m.group(1).lower()] != verdict)]
+        removed += len(sentences) - len(keep)
+        kept.append(" ".join(keep))
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip(), removed
+
+
+def render_feedback(result: dict) -> str:
+    """Markdown of ``tasks.run_feedback``'s result: the verdict and its evidence first, the model's words after."""
+    if not result.get("grounded"):
+        return "\n".join(["### No verdict", "", "**The model's comments (unchecked)**", "", result.get("feedback") or "(no comments)"])
+    lines = [f"### Verdict: {result['verdict']}", ""]
+    if result.get("found"):
+        lines += ["**Key points you covered**", *[f"- {p}" for p in result["found"]], ""]
+    if result.get("missing"):
+        lines += ["**Key points missing**", *[f"- {p}" for p in result["missing"]], ""]
+    lines += ["**Explanation (the model's)**", "", result.get("feedback") or "(the model wrote no explanation)", ""]
+    if result.get("model_answer"):
+        lines += ["**Reference answer (course material)**", "", result["model_answer"]]
+    return "\n".join(lines).strip()
 
 
 # ------------------------------------------------------------------------------------------------ cheat sheets

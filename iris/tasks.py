@@ -1,4 +1,5 @@
-"""The six tools as functions of a ``generate(messages, tool) -> str`` callable, so tests drive them with a fake model.
+"""The six tools as functions of a ``generate(messages, tool, grammar=None) -> str`` callable, so tests drive them with a
+fake model. ``grammar`` is a GBNF string (``iris.grammars``) that the model's output must follow.
 
 Each returns a plain dict (what the Gradio API returns as JSON) with a ``status`` and a ``message`` that says
 honestly where the result came from: ``ok`` (the model's output parsed), ``partial`` (only some of it parsed),
@@ -10,8 +11,10 @@ from __future__ import annotations
 from datetime import date
 
 try:
-    from iris import logic, plan
+    from iris import grammars, grounding, logic, plan
 except ImportError:  # the Space layout: these modules sit flat beside app.py
+    import grammars
+    import grounding
     import logic
     import plan
 
@@ -21,14 +24,15 @@ def _clean(raw: str) -> tuple[str, list[str]]:
 
 
 # ----------------------------------------------------------------------------------------------------- quiz
-def _ask_for_questions(generate, prompt, tool: str, n: int, mcq_only: bool):
-    """Ask once, and once more with the stricter prompt when the answer does not parse into n questions.
+def _ask_for_questions(generate, prompt, tool: str, n: int, mcq_only: bool, grammar: str):
+    """Ask once under ``grammar``, and once more with the stricter prompt when the answer does not give n valid
+    questions (the grammar fixes the layout; a question can still be invalid, e.g. two identical options).
 
     Returns the better parse, one summary per attempt, and the leak flags of both answers.
     """
     attempts, flags, best = [], [], None
     for strict in (False, True):
-        text, leaked = _clean(generate(prompt(strict), tool))
+        text, leaked = _clean(generate(prompt(strict), tool, grammar=grammar))
         parsed = logic.parse_quiz(text, n, mcq_only=mcq_only)
         attempts.append({"strict": strict, "parsed": len(parsed.questions), "summary": parsed.summary()})
         flags += leaked
@@ -41,7 +45,8 @@ def _ask_for_questions(generate, prompt, tool: str, n: int, mcq_only: bool):
 
 def run_quiz(generate, topic: str, n: int, difficulty: str, bank=None) -> dict:
     """Ask for a quiz; re-ask once with a stricter prompt when it does not parse; then fall back honestly."""
-    best, attempts, flags = _ask_for_questions(generate, lambda strict: logic.quiz_prompt(topic, n, difficulty, strict=strict), "quiz", n, True)
+    best, attempts, flags = _ask_for_questions(generate, lambda strict: logic.quiz_prompt(topic, n, difficulty, strict=strict), "quiz", n, True,
+                                                grammars.quiz(n))
     questions = [q.to_dict() for q in best.questions]
     result = {"topic": topic, "difficulty": difficulty, "requested": n, "attempts": attempts, "leak_flags": sorted(set(flags))}
     if len(questions) >= n:
@@ -61,17 +66,26 @@ def run_quiz(generate, topic: str, n: int, difficulty: str, bank=None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- feedback
-def run_feedback(generate, question: str, answer: str) -> dict:
-    flags = []
-    for strict in (False, True):
-        text, leaked = _clean(generate(logic.feedback_prompt(question, answer, strict=strict), "feedback"))
-        flags += leaked
-        parsed = logic.parse_feedback(text)
-        if parsed["verdict"]:
-            break
-    status = "ok" if parsed["verdict"] else "partial"
-    message = "" if parsed["verdict"] else "The model gave no clear verdict, even after a re-ask; read its feedback with care."
-    return {**parsed, "status": status, "message": message, "re_asked": strict, "leak_flags": sorted(set(flags))}
+def run_feedback(generate, question: str, answer: str, index=None) -> dict:
+    """A verdict only from evidence: the rubric of the matching course item (``iris.grounding``). The model writes the
+    explanation after that verdict (forced by a grammar); sentences where it claims another verdict are removed.
+    Without a matching item there is no verdict, and the model's text is shown as unchecked comments."""
+    graded = grounding.grade(question, answer, index)
+    if graded["grounded"]:
+        text, flags = _clean(generate(logic.feedback_prompt(question, answer), "feedback", grammar=grammars.feedback(graded["verdict"])))
+        comments, removed = logic.drop_verdict_claims(logic.parse_feedback(text)["feedback"], graded["verdict"])
+        ref, points = graded["reference"], len(graded["found"]) + len(graded["missing"])
+        message = (f"Verdict from the course rubric of \u201c{ref['question']}\u201d: your answer covers {len(graded['found'])} of its "
+                   f"{points} key points. The explanation is the model's.")
+        return {"verdict": graded["verdict"], "grounded": True, "feedback": comments, "found": graded["found"], "missing": graded["missing"],
+                "model_answer": ref["answer"], "reference": ref, "coverage": graded["coverage"], "similarity": graded["similarity"],
+                "status": "ok", "message": message, "leak_flags": sorted(set(flags + (["verdict_claims_removed"] if removed else [])))}
+    text, flags = _clean(generate(logic.feedback_prompt(question, answer), "feedback"))
+    comments = logic.VERDICT_LINE.sub("", text).strip()
+    return {"verdict": None, "grounded": False, "feedback": comments, "found": [], "missing": [], "model_answer": "", "reference": None,
+            "coverage": None, "similarity": graded["similarity"], "status": "unverified", "leak_flags": sorted(set(flags)),
+            "message": "No course item matches this question, so Iris gives no verdict. The model's comments below are unchecked: "
+                       "compare them with the course material, or ask a question from the course."}
 
 
 # ---------------------------------------------------------------------------------------------- cheat sheet
@@ -121,7 +135,8 @@ def run_study_plan(generate, start: date, exam: date, hours: float, topics: list
 
 # ---------------------------------------------------------------------------------------------- mixed drill
 def run_drill(generate, topics: list[str], n: int, bank=None) -> dict:
-    best, attempts, flags = _ask_for_questions(generate, lambda strict: logic.drill_prompt(topics, n, strict=strict), "mixed_drill", n, False)
+    best, attempts, flags = _ask_for_questions(generate, lambda strict: logic.drill_prompt(topics, n, strict=strict), "mixed_drill", n, False,
+                                                grammars.drill(n))
     questions = [q.to_dict() for q in best.questions]
     result = {"topics": topics, "requested": n, "attempts": attempts, "leak_flags": sorted(set(flags))}
     if len(questions) >= n:

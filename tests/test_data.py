@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import run_script
 
-from iris import tasks
+from iris import prompts, tasks
 from iris.prompts import SYSTEM_PROMPTS
 from tools import build_datasets, data_report, kb_check
 from training import dataset_utils as du
@@ -81,7 +81,7 @@ def captured_requests(kind: str, args: dict) -> list[list[dict]]:
     """The requests Iris's own task function sends for ``args`` (first try and stricter re-ask), via a fake model."""
     sent = []
 
-    def generate(messages, tool):
+    def generate(messages, tool, grammar=None):
         sent.append(messages)
         return "nothing parseable"
 
@@ -89,6 +89,9 @@ def captured_requests(kind: str, args: dict) -> list[list[dict]]:
         tasks.run_quiz(generate, args["topic"], args["n"], args["difficulty"])
     elif kind == "feedback":
         tasks.run_feedback(generate, args["question"], args["answer"])
+        # Rows with the strict suffix were Iris's re-ask before the verdict came from the rubric (and a grammar fixed
+        # it); the model keeps them as one more phrasing of the same request.
+        sent.append(prompts.feedback_prompt(args["question"], args["answer"], strict=True))
     elif kind == "cheat_sheet":
         tasks.run_cheat_sheet(generate, args["topics"], "model")
     elif kind == "study_plan":

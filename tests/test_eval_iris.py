@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 from evaluation import eval_iris as E
-from iris import logic, plan
+from iris import grammars, logic, plan
 from training.dataset_utils import EXAM_DATA, EXAM_TEST_DATA
 
 
@@ -181,12 +181,15 @@ def test_evaluate_model_drives_iris_tasks_with_iris_settings():
     inputs = {"quizzes": [{"id": "quiz-01", "topic": "LoRA", "n": 3, "difficulty": "easy", "seed": 5}],
               "drills": [{"id": "drill-01", "topics": ["LoRA", "RAG"], "n": 4, "seed": 6}],
               "plans": [{"id": "plan-01", "start": start.isoformat(), "exam": exam.isoformat(), "hours": 6, "topics": topics, "weak": weak, "seed": 7}],
-              "feedback": [{"id": "fb-01-correct", "question": "What is LoRA?", "answer": "A low-rank update.", "label": "correct", "seed": 8}]}
+              "feedback": [{"id": "fb-01-partly", "question": "What is a feature store?", "label": "partly correct", "seed": 8,
+                            "answer": "The shared data layer: feature pipelines write features, training and inference pipelines read them."}]}
     llm = FakeLlama({**GOOD, "study_plan": draft})
     lines = []
     out = E.evaluate_model("fake", llm, inputs, log=lambda *a, **k: lines.append(a[0]))
-    for call in llm.calls:  # exactly Iris's settings, plus the request's seed
-        assert {k: v for k, v in call["kwargs"].items() if k != "seed"} == logic.settings(call["tool"])
+    for call in llm.calls:  # exactly Iris's settings, plus the request's seed and Iris's grammar
+        assert {k: v for k, v in call["kwargs"].items() if k not in ("seed", "grammar")} == logic.settings(call["tool"])
+    assert [c["kwargs"].get("grammar") for c in llm.calls[:2]] == [grammars.compiled(grammars.quiz(3)), grammars.compiled(grammars.drill(4))]
+    assert "grammar" not in llm.calls[2]["kwargs"]  # the study plan's layout comes from code
     assert [c["kwargs"]["seed"] for c in llm.calls] == [5, 6, 7, 8] and llm.resets == 4
     assert llm.calls[0]["messages"] == logic.quiz_prompt("LoRA", 3, "easy")
     assert len(lines) == 4 and "quiz 1/1 quiz-01: ok, first try 3/3" in lines[0]
@@ -224,7 +227,8 @@ def test_main_writes_json_and_markdown(tmp_path, monkeypatch, capsys):
     assert len(record["models"][1]["outputs"]["feedback"]) == 3
     row = record["comparison"]["rows"][0]
     assert record["comparison"]["reference"] == "ref" and row["label"] == "bad-model"
-    assert row["deltas"]["quiz.first_try_rate"] == -1.0 and row["deltas"]["feedback.no_verdict_rate"] == 1.0
+    assert row["deltas"]["quiz.first_try_rate"] == -1.0
+    assert row["deltas"]["feedback.accuracy"] == 0.0  # verdicts come from the course rubric, whatever the model writes
     assert record["models"][1]["metrics"]["quiz"]["status_counts"]["fallback"] == 2  # the bank stood in
     md = out.with_suffix(".md").read_text()
     assert "| Metric | ref | bad-model | Δ bad-model |" in md and "Feedback confusion" in md

@@ -9,7 +9,7 @@ from datetime import date, timedelta
 
 import pytest
 
-from iris import bank, logic, models, plan, tasks
+from iris import bank, grammars, grounding, logic, models, plan, tasks
 
 DATA_QUIZ = """**Question 1.** Which training objective is self-supervised?
 A) Predicting the next token of web text given the previous tokens
@@ -50,9 +50,11 @@ class FakeModel:
     def __init__(self, *outputs):
         self.outputs = list(outputs)
         self.calls = []
+        self.grammars = []
 
-    def __call__(self, messages, tool):
+    def __call__(self, messages, tool, grammar=None):
         self.calls.append((messages, tool))
+        self.grammars.append(grammar)
         return self.outputs.pop(0) if len(self.outputs) > 1 else self.outputs[0]
 
 
@@ -180,14 +182,69 @@ def test_parse_feedback_verdicts(text, verdict):
     assert logic.parse_feedback(text)["verdict"] == verdict
 
 
-def test_feedback_parts_and_reask():
+def test_parse_feedback_parts():
     parsed = logic.parse_feedback("Verdict: partly correct.\n\nGood start. You missed the scaling factor alpha/r. Model answer: LoRA adds BA scaled by alpha/r.")
     assert parsed["missing"] == ["You missed the scaling factor alpha/r."]
     assert parsed["model_answer"] == "LoRA adds BA scaled by alpha/r."
-    fake = FakeModel("Nice try!", "Verdict: wrong.\n\nNo.")
-    result = tasks.run_feedback(fake, "What is LoRA?", "A radio protocol.")
-    assert result["verdict"] == "wrong" and result["re_asked"] and len(fake.calls) == 2
-    assert tasks.run_feedback(FakeModel("Nice try!"), "q?", "a")["status"] == "partial"
+
+
+FEATURE_STORE = "What is a feature store?"
+
+
+def test_feedback_verdict_comes_from_the_rubric_not_the_model():
+    # The model would call the answer correct; the rubric finds none of its key points, so the verdict is wrong.
+    fake = FakeModel("Verdict: correct.\n\nCorrect, well done. A feature store holds features for training and serving.\n\nModel answer: shops.")
+    result = tasks.run_feedback(fake, FEATURE_STORE, "A feature store is a shop that sells clothes.")
+    assert result["verdict"] == "wrong" and result["grounded"] and result["status"] == "ok"
+    assert result["found"] == [] and len(result["missing"]) >= 3
+    assert fake.grammars[0] == grammars.feedback("wrong") and len(fake.calls) == 1  # the model writes after a fixed verdict
+    assert "Correct, well done" not in result["feedback"] and "holds features" in result["feedback"]
+    assert "verdict_claims_removed" in result["leak_flags"]
+    assert result["model_answer"].startswith("A feature store is the shared data layer")  # the course's answer, not the model's
+    md = logic.render_feedback(result)
+    assert md.startswith("### Verdict: wrong") and "Key points missing" in md and "Reference answer (course material)" in md
+
+
+def test_feedback_right_and_partly_right_answers():
+    reference = grounding.load_index().match(FEATURE_STORE)[0]
+    assert tasks.run_feedback(FakeModel("Verdict: correct.\n\nGood."), FEATURE_STORE, reference.answer)["verdict"] == "correct"
+    partly = "Feature pipelines write features into it and training and inference pipelines read them from it."
+    result = tasks.run_feedback(FakeModel("Verdict: partly correct.\n\nA start."), FEATURE_STORE, partly)
+    assert result["verdict"] == "partly correct" and result["found"] and result["missing"]
+
+
+def test_feedback_without_a_course_item_gives_no_verdict():
+    fake = FakeModel("Verdict: correct.\n\nBoil water first, then add salt.")
+    result = tasks.run_feedback(fake, "How long should I boil pasta?", "About ten minutes.")
+    assert result["verdict"] is None and not result["grounded"] and result["status"] == "unverified"
+    assert fake.grammars == [None] and "Verdict" not in result["feedback"] and "Boil water" in result["feedback"]
+    assert logic.render_feedback(result).startswith("### No verdict")
+
+
+def test_verdict_claims_that_contradict_the_verdict_are_dropped():
+    text, removed = logic.drop_verdict_claims("Verdict: wrong.\n\nCorrect, with the mechanism covered. Your answer is partly correct. "
+                                              "Shops sell clothes. This is wrong: no.", "wrong")
+    assert text == "Shops sell clothes. This is wrong: no." and removed == 2
+
+
+def test_grounding_stems_match_and_negation():
+    assert grounding.stem("quantization") == grounding.stem("quantize") == grounding.stem("quantized")
+    assert grounding.stem("transformer") != grounding.stem("transfer")
+    index = grounding.load_index()
+    assert index.match(FEATURE_STORE)[1] == 1.0
+    assert index.match("How do I cook pasta?")[1] < grounding.MATCH_THRESHOLD
+    # "What is LoRA?" must not be graded against "When should you use QLoRA instead of LoRA?"
+    ref, score = index.match("What is LoRA?")
+    assert score < grounding.MATCH_THRESHOLD or "QLoRA" not in ref.question
+    point = ["Backpropagation does not update the weights"]
+    assert grounding.check_points("Backpropagation updates the weights.", "What does backprop do?", point)["found"] == []
+    assert grounding.check_points("It does not update weights; the optimizer does.", "What does backprop do?", point)["found"] == point
+
+
+def test_grounding_rule_calls_no_labelled_wrong_answer_correct_on_the_validation_half():
+    report = grounding.calibrate(grounding._kb_files())
+    assert report["validation half"]["wrong_answers"] > 100
+    assert report["validation half"]["wrong_called_correct"] == 0
 
 
 # ------------------------------------------------------------------------------------------------- leakage
