@@ -22,6 +22,8 @@ from datetime import date
 from pathlib import Path
 
 import gradio as gr
+from gradio.components.chatbot import ChatbotDataMessages
+from pydantic import model_validator
 
 try:
     from iris import bank, grammars, logic, models, plan, tasks
@@ -39,6 +41,7 @@ N_CTX = int(os.environ.get("IRIS_N_CTX", "2048"))
 CAP = int(os.environ.get("IRIS_MAX_TOKENS_CAP", "0")) or None
 QUEUE_SIZE = int(os.environ.get("IRIS_QUEUE_SIZE", "32"))
 MAX_DRILL = 6
+MAX_UPLOAD = "1kb"
 MAX_TOPICS = 12
 DIFFICULTIES = ["easy", "medium", "hard"]
 POOL = models.ModelPool(n_ctx=N_CTX)
@@ -270,6 +273,22 @@ def refresh_models(current):
 
 
 # ------------------------------------------------------------------------------------------------------- UI
+class _Messages(ChatbotDataMessages):
+    """Gradio 6's chat history, also accepting ``{"role", "content": "plain text"}`` as OpenAI-style clients send it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_text(cls, data):
+        if isinstance(data, list):
+            return [{**m, "content": [{"type": "text", "text": m["content"]}]} if isinstance(m, dict) and isinstance(m.get("content"), str) else m
+                    for m in data]
+        return data
+
+
+class Chatbot(gr.Chatbot):
+    data_model = _Messages
+
+
 def build() -> gr.Blocks:
     choices = model_choices()
     keys = [k for _, k in choices]
@@ -284,47 +303,54 @@ def build() -> gr.Blocks:
         refresh.click(refresh_models, model, model, api_visibility="private")
 
         with gr.Tab("Study Chat"):
-            chatbot = gr.Chatbot(label="Chat", height=420, elem_id="chatbot")
+            gr.Markdown("Ask anything about ID2223 in your own words; Iris answers and keeps the conversation going.")
+            chatbot = Chatbot(label="Chat", height=420, elem_id="chatbot")
             message = gr.Textbox(label="Message", placeholder="Ask about any ID2223 topic", max_length=limit, elem_id="chat-message")
-            chat_note = gr.Markdown()
+            chat_note = gr.Markdown(label="note")
             send = gr.Button("Send", variant="primary")
             send.click(study_chat, [model, message, chatbot], [chatbot, message, chat_note], api_name="study_chat")
             message.submit(study_chat, [model, message, chatbot], [chatbot, message, chat_note], api_visibility="private")
 
         with gr.Tab("Quiz Generator"):
+            gr.Markdown("Multiple-choice questions on one topic: pick an answer to each and Iris scores them. "
+                        "(Mixed Drill covers several topics and adds written questions.)")
             with gr.Row():
                 quiz_topic = gr.Textbox(label="Topic", value="LoRA", max_length=300, elem_id="quiz-topic")
                 quiz_n = gr.Slider(1, logic.MAX_QUESTIONS, value=3, step=1, label="Number of questions")
                 quiz_level = gr.Radio(DIFFICULTIES, value="medium", label="Difficulty")
             quiz_button = gr.Button("Generate quiz", variant="primary", elem_id="quiz-generate")
-            quiz_md = gr.Markdown(elem_id="quiz-view")
-            quiz_data = gr.JSON(visible=False)
+            quiz_md = gr.Markdown(label="quiz_markdown", elem_id="quiz-view")
+            quiz_data = gr.JSON(label="quiz", visible=False)
             radios = [gr.Radio(choices=[], visible=False, elem_id=f"quiz-answer-{i}") for i in range(logic.MAX_QUESTIONS)]
             quiz_answers = gr.JSON(visible=False)
             grade_button = gr.Button("Check my answers", visible=False, elem_id="quiz-check")
-            grade_md = gr.Markdown(elem_id="quiz-score")
-            grade_data = gr.JSON(visible=False)
+            grade_md = gr.Markdown(label="score_markdown", elem_id="quiz-score")
+            grade_data = gr.JSON(label="score", visible=False)
             quiz_button.click(quiz, [model, quiz_topic, quiz_n, quiz_level], [quiz_md, quiz_data], api_name="quiz").then(
                 show_quiz_answers, quiz_data, [*radios, grade_button, grade_md], api_visibility="private")
             grade_button.click(collect, radios, quiz_answers, api_visibility="private").then(
                 quiz_grade, [quiz_data, quiz_answers], [grade_md, grade_data], api_name="quiz_grade")
 
         with gr.Tab("Answer Feedback"):
+            gr.Markdown("Paste an exam question and your answer. When the question matches a course item, the verdict comes from "
+                        "that item's key points found in your answer; the explanation is the model's. No match, no verdict.")
             fb_question = gr.Textbox(label="Exam question", lines=2, max_length=limit)
             fb_answer = gr.Textbox(label="Your answer", lines=5, max_length=limit)
             fb_button = gr.Button("Get feedback", variant="primary")
-            fb_md = gr.Markdown()
-            fb_data = gr.JSON(visible=False)
+            fb_md = gr.Markdown(label="feedback_markdown")
+            fb_data = gr.JSON(label="feedback", visible=False)
             fb_button.click(feedback, [model, fb_question, fb_answer], [fb_md, fb_data], api_name="feedback")
 
         with gr.Tab("Cheat Sheet"):
+            gr.Markdown("A one-page summary of the topics you list, to read here or download as Markdown.")
             cs_topics = gr.Textbox(label="Topics (comma-separated)", value="LoRA, QLoRA", max_length=limit)
             cs_button = gr.Button("Write cheat sheet", variant="primary")
-            cs_md = gr.Markdown()
+            cs_md = gr.Markdown(label="cheat_sheet_markdown")
             cs_file = gr.File(label="Download as Markdown")
             cs_button.click(cheat_sheet, [model, cs_topics], [cs_md, cs_file], api_name="cheat_sheet")
 
         with gr.Tab("Study Planner"):
+            gr.Markdown("A day-by-day revision schedule up to your exam: Iris computes dates, hours and topics; the model suggests activities.")
             with gr.Row():
                 sp_start = gr.Textbox(label="Start date (YYYY-MM-DD)", value=date.today().isoformat(), max_length=40)
                 sp_exam = gr.Textbox(label="Exam date (YYYY-MM-DD)", max_length=40)
@@ -332,22 +358,24 @@ def build() -> gr.Blocks:
             sp_topics = gr.Textbox(label="Topics (comma-separated)", max_length=limit)
             sp_weak = gr.Textbox(label="Weak topics (comma-separated, optional)", max_length=limit)
             sp_button = gr.Button("Plan my revision", variant="primary")
-            sp_md = gr.Markdown()
-            sp_data = gr.JSON(label="Plan data", visible=False)
+            sp_md = gr.Markdown(label="plan_markdown")
+            sp_data = gr.JSON(label="plan", visible=False)
             sp_button.click(study_plan, [model, sp_start, sp_exam, sp_hours, sp_topics, sp_weak], [sp_md, sp_data], api_name="study_plan")
 
         with gr.Tab("Mixed Drill"):
+            gr.Markdown("A short practice exam over several topics, mixing multiple-choice with short-answer and compare questions; "
+                        "written answers are graded by the key terms they cover.")
             with gr.Row():
                 dr_topics = gr.Textbox(label="Topics (comma-separated)", value="LoRA, feature stores", max_length=limit)
                 dr_n = gr.Slider(2, MAX_DRILL, value=3, step=1, label="Number of questions")
             dr_button = gr.Button("Start drill", variant="primary")
-            dr_md = gr.Markdown()
-            dr_data = gr.JSON(visible=False)
+            dr_md = gr.Markdown(label="drill_markdown")
+            dr_data = gr.JSON(label="drill", visible=False)
             boxes = [gr.Textbox(visible=False, lines=2, max_length=limit) for _ in range(MAX_DRILL)]
             dr_answers = gr.JSON(visible=False)
             dr_grade_button = gr.Button("Grade my drill", visible=False)
-            dr_grade_md = gr.Markdown()
-            dr_grade_data = gr.JSON(visible=False)
+            dr_grade_md = gr.Markdown(label="score_markdown")
+            dr_grade_data = gr.JSON(label="score", visible=False)
             dr_button.click(mixed_drill, [model, dr_topics, dr_n], [dr_md, dr_data], api_name="mixed_drill").then(
                 show_drill_answers, dr_data, [*boxes, dr_grade_button, dr_grade_md], api_visibility="private")
             dr_grade_button.click(collect, boxes, dr_answers, api_visibility="private").then(
@@ -371,7 +399,8 @@ def main(argv=None) -> None:
     if tuned:  # merge and export the default tuned model now, so the first request finds it ready
         threading.Thread(target=_prepare, args=(tuned[0],), daemon=True).start()
     print(f"[iris] {len(entries)} models; listening on http://{args.host}:{args.port}", flush=True)
-    demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(FILES)])
+    # No tool takes a file: uploads are capped at MAX_UPLOAD so nobody can fill a public Space's disk through /upload.
+    demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(FILES)], max_file_size=MAX_UPLOAD)
 
 
 if __name__ == "__main__":

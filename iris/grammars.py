@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-TEXT = "[^\\n]{8,240}"  # a question's text
+TEXT = "[^\\n(] [^\\n]{7,239}"  # a question's text; not opening with "(", which would read as a kind tag
 OPTION = "[^\\n]{1,160}"  # one option
 WHY = "[^\\n]{4,300}"  # one answer-key line after its letter
 OPEN_KINDS = ("short answer", "compare")

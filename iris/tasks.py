@@ -26,28 +26,31 @@ def _clean(raw: str) -> tuple[str, list[str]]:
 # ----------------------------------------------------------------------------------------------------- quiz
 def _ask_for_questions(generate, prompt, tool: str, n: int, mcq_only: bool, grammar: str):
     """Ask once under ``grammar``, and once more with the stricter prompt when the answer does not give n valid
-    questions (the grammar fixes the layout; a question can still be invalid, e.g. two identical options).
+    questions (the grammar fixes the layout; a question can still be invalid, e.g. two identical options). The valid
+    questions of both answers are pooled, duplicates dropped.
 
-    Returns the better parse, one summary per attempt, and the leak flags of both answers.
+    Returns the pooled questions (at most n, renumbered), one summary per attempt, and the leak flags of both answers.
     """
-    attempts, flags, best = [], [], None
+    attempts, flags, kept = [], [], []
     for strict in (False, True):
         text, leaked = _clean(generate(prompt(strict), tool, grammar=grammar))
         parsed = logic.parse_quiz(text, n, mcq_only=mcq_only)
         attempts.append({"strict": strict, "parsed": len(parsed.questions), "summary": parsed.summary()})
         flags += leaked
-        if best is None or len(parsed.questions) > len(best.questions):
-            best = parsed
-        if parsed.complete:
+        seen = {q.text.lower() for q in kept}
+        kept += [q for q in parsed.questions if q.text.lower() not in seen]
+        if len(kept) >= n:
             break
-    return best, attempts, flags
+    for i, q in enumerate(kept[:n], start=1):
+        q.number = i
+    return kept[:n], attempts, flags
 
 
 def run_quiz(generate, topic: str, n: int, difficulty: str, bank=None) -> dict:
     """Ask for a quiz; re-ask once with a stricter prompt when it does not parse; then fall back honestly."""
-    best, attempts, flags = _ask_for_questions(generate, lambda strict: logic.quiz_prompt(topic, n, difficulty, strict=strict), "quiz", n, True,
-                                                grammars.quiz(n))
-    questions = [q.to_dict() for q in best.questions]
+    kept, attempts, flags = _ask_for_questions(generate, lambda strict: logic.quiz_prompt(topic, n, difficulty, strict=strict), "quiz", n, True,
+                                               grammars.quiz(n))
+    questions = [q.to_dict() for q in kept]
     result = {"topic": topic, "difficulty": difficulty, "requested": n, "attempts": attempts, "leak_flags": sorted(set(flags))}
     if len(questions) >= n:
         note = " (after a stricter re-ask)" if len(attempts) > 1 else ""
@@ -135,9 +138,9 @@ def run_study_plan(generate, start: date, exam: date, hours: float, topics: list
 
 # ---------------------------------------------------------------------------------------------- mixed drill
 def run_drill(generate, topics: list[str], n: int, bank=None) -> dict:
-    best, attempts, flags = _ask_for_questions(generate, lambda strict: logic.drill_prompt(topics, n, strict=strict), "mixed_drill", n, False,
-                                                grammars.drill(n))
-    questions = [q.to_dict() for q in best.questions]
+    kept, attempts, flags = _ask_for_questions(generate, lambda strict: logic.drill_prompt(topics, n, strict=strict), "mixed_drill", n, False,
+                                               grammars.drill(n))
+    questions = [q.to_dict() for q in kept]
     result = {"topics": topics, "requested": n, "attempts": attempts, "leak_flags": sorted(set(flags))}
     if len(questions) >= n:
         return {**result, "status": "ok", "source": "model", "questions": questions, "message": f"{len(questions)} questions from the model."}

@@ -131,8 +131,32 @@ def test_quiz_then_grade(iris):
 
 def test_feedback(iris):
     client, _ = iris
-    markdown, data = client.predict(EMBEDDED, "What does LoRA train?", "Two low-rank matrices per layer.", api_name="/feedback")
-    assert data["verdict"] in ("correct", "partly correct", "wrong", None) and "### Verdict" in markdown
+    markdown, data = client.predict(EMBEDDED, "What is a feature store?", "A feature store is a shop that sells clothes.", api_name="/feedback")
+    assert data["grounded"] and data["verdict"] == "wrong" and "### Verdict: wrong" in markdown and "Key points missing" in markdown
+    markdown, data = client.predict(EMBEDDED, "How long should pasta boil?", "Ten minutes.", api_name="/feedback")
+    assert data["verdict"] is None and data["status"] == "unverified" and "### No verdict" in markdown
+
+
+def test_plain_string_history_is_accepted(iris):
+    client, _ = iris
+    history = [{"role": "user", "content": "What is LoRA?"}, {"role": "assistant", "content": "A low-rank update of frozen weights."}]
+    out, _, _ = client.predict(EMBEDDED, "And QLoRA?", history, api_name="/study_chat")  # what OpenAI-style clients send
+    assert [m["role"] for m in out] == ["user", "assistant"] * 2
+
+
+def test_uploads_are_capped_and_outputs_named(iris):
+    import urllib.error
+    import urllib.request
+
+    client, url = iris
+    body = b"--x\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.bin\"\r\n\r\n" + b"0" * 200_000 + b"\r\n--x--\r\n"
+    request = urllib.request.Request(url + "gradio_api/upload", data=body, headers={"Content-Type": "multipart/form-data; boundary=x"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code in (400, 413)
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    names = [r["label"] for endpoint in api.values() for r in endpoint["returns"]]
+    assert names and not [n for n in names if n.startswith("value_")], names
     assert set(data) >= {"feedback", "missing", "model_answer", "status"}
 
 

@@ -143,6 +143,15 @@ def test_quiz_partial_says_how_many_parsed():
     assert "Only 1 of 2 questions parsed" in result["message"]
 
 
+def test_quiz_pools_valid_questions_of_both_attempts_under_the_grammar():
+    one = DATA_QUIZ.replace("A) It requires more labeled data than supervised learning\n", "")  # question 1 loses an option
+    fake = FakeModel(one, DATA_QUIZ)
+    result = tasks.run_quiz(fake, "LoRA", 2, "medium")
+    assert result["status"] == "ok" and [a["parsed"] for a in result["attempts"]] == [1, 2] and len(fake.calls) == 2
+    assert [q["number"] for q in result["questions"]] == [1, 2] and len({q["text"] for q in result["questions"]}) == 2
+    assert fake.grammars == [grammars.quiz(2)] * 2
+
+
 def test_quiz_falls_back_to_the_bank_and_says_so():
     result = tasks.run_quiz(FakeModel("no quiz here"), "LoRA", 3, "medium", bank=bank.lookup)
     assert result["status"] == "fallback" and result["source"] == "question_bank"
