@@ -285,10 +285,6 @@ class _Messages(ChatbotDataMessages):
         return data
 
 
-class Chatbot(gr.Chatbot):
-    data_model = _Messages
-
-
 def build() -> gr.Blocks:
     choices = model_choices()
     keys = [k for _, k in choices]
@@ -304,7 +300,8 @@ def build() -> gr.Blocks:
 
         with gr.Tab("Study Chat"):
             gr.Markdown("Ask anything about ID2223 in your own words; Iris answers and keeps the conversation going.")
-            chatbot = Chatbot(label="Chat", height=420, elem_id="chatbot")
+            chatbot = gr.Chatbot(label="Chat", height=420, elem_id="chatbot")
+            chatbot.data_model = _Messages  # on the instance: a subclass would make Gradio write an app.pyi beside this file
             message = gr.Textbox(label="Message", placeholder="Ask about any ID2223 topic", max_length=limit, elem_id="chat-message")
             chat_note = gr.Markdown(label="note")
             send = gr.Button("Send", variant="primary")

@@ -46,7 +46,8 @@ own same she should so some such than that the their them then there these they 
 very was we were what when where which while who whom why will with would you your yours also about above after again
 against because before below between during each few further any all answer answers explain describe give what's use used
 uses using like well way ways one two three much many make makes made get gets instead rather often usually typically
-example e.g i.e etc thing things something""".split())
+example e.g i.e etc thing things something
+states state notes note gives give explains names name mentions mention says say describes""".split())  # rubric verbs too
 
 
 SUFFIXES = ("izations", "ization", "ations", "ation", "ings", "ing", "ized", "izes", "ize", "ers", "er", "ed", "es", "s", "ly")
@@ -114,20 +115,20 @@ class Index:
         self.unseen = math.log(1 + len(self.docs)) + 1
 
     def _weight(self, words: set[str]) -> float:
-        return sum(self.idf.get(w, self.unseen) for w in words)
+        return math.fsum(sorted(self.idf.get(w, self.unseen) for w in words))  # sorted: the same sum on every run
 
     def match(self, question: str) -> tuple[Reference | None, float]:
         q = set(stems(question))
-        best, score = None, 0.0
         if not q:
-            return best, score
+            return None, 0.0
         wq = self._weight(q)
+        best, key = None, (0.0, 0.0)
         for ref, d in zip(self.refs, self.docs):
             shared = self._weight(q & d)
-            s = min(shared / wq, shared / (self._weight(d) or 1.0))
-            if s > score:
-                best, score = ref, s
-        return best, score
+            a, b = shared / wq, shared / (self._weight(d) or 1.0)
+            if (min(a, b), max(a, b)) > key:  # ties broken by the other share, then by index order
+                best, key = ref, (min(a, b), max(a, b))
+        return best, key[0]
 
 
 @lru_cache(maxsize=2)
@@ -139,7 +140,7 @@ def load_index(path: str = str(REFERENCES)) -> Index:
     return Index([Reference(r["id"], r["topic"], r["question"], r["answer"], tuple(r["key_points"])) for r in data["references"]])
 
 
-NEGATION = re.compile(r"\b(not|no|never|cannot|can't|doesn't|don't|isn't|aren't|won't|without|neither|nor)\b", re.I)
+NEGATION = re.compile(r"\b(not|no|never|cannot|can't|doesn't|don't|isn't|aren't|won't|without|neither|nor|instead of|rather than)\b", re.I)
 SENTENCE = re.compile(r"(?<=[.!?;])\s+|\n+")
 
 

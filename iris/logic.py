@@ -415,20 +415,29 @@ def parse_feedback(text: str) -> dict:
 
 
 VERDICT_LINE = re.compile(r"(?im)^\s*\**\s*verdict\s*\**\s*[:\-].*$\n?")
-CLAIM = re.compile(r"^\W*(?:(?:this|that|it|your answer|the answer|you are|you're)\s+(?:is\s+|are\s+)?)?"
-                   r"(partly correct|partially correct|mostly correct|not correct|incorrect|correct|right|wrong)\b", re.I)
-CLAIM_NAMES = {"partly correct": "partly correct", "partially correct": "partly correct", "mostly correct": "partly correct",
-               "not correct": "wrong", "incorrect": "wrong", "wrong": "wrong", "correct": "correct", "right": "correct"}
+_SUBJECT = r"^\W*(?:(?:this|that|it|your answer|the answer|you are|you're)\s+(?:is\s+|are\s+)?)?"
+CLAIMS = [  # (how a sentence opens, the verdict it claims)
+    (re.compile(_SUBJECT + r"(partly|partially|mostly) (correct|right)\b", re.I), "partly correct"),
+    (re.compile(_SUBJECT + r"(not correct|not right|incorrect|wrong)\b", re.I), "wrong"),
+    (re.compile(_SUBJECT + r"(correct|right)\b", re.I), "correct"),
+    (re.compile(r"^\W*(you have|you've got|you had|that's|that is) the right idea\b|^\W*you cover(ed)? the basics\b|^\W*good start\b", re.I), "partly correct"),
+    (re.compile(r"^\W*(well done|great answer|good answer|excellent|perfect)\b", re.I), "correct"),
+]
 
 
-def drop_verdict_claims(text: str, verdict: str) -> tuple[str, int]:
+def _claim(sentence: str) -> str | None:
+    return next((verdict for pattern, verdict in CLAIMS if pattern.match(sentence)), None)
+
+
+def drop_verdict_claims(text: str, verdict: str | None) -> tuple[str, int]:
     """``text`` without its "Verdict:" lines and the sentences that open by claiming a verdict other than ``verdict``
-    ("Correct, with the mechanism covered ..." under a verdict of wrong); returns the text and how many were removed."""
+    ("Correct, with the mechanism covered ..." under a verdict of wrong; any claim when ``verdict`` is None); returns
+    the text and how many sentences were removed."""
     text = VERDICT_LINE.sub("", text or "")
     kept, removed = [], 0
     for paragraph in text.split("\n"):
         sentences = re.split(r"(?<=[.!?])\s+", paragraph)
-        keep = [x for x in sentences if not ((m := CLAIM.match(x)) and CLAIM_NAMES[m.group(1).lower()] != verdict)]
+        keep = [x for x in sentences if _claim(x) in (None, verdict)]
         removed += len(sentences) - len(keep)
         kept.append(" ".join(keep))
     return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip(), removed

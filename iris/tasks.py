@@ -84,7 +84,8 @@ def run_feedback(generate, question: str, answer: str, index=None) -> dict:
                 "model_answer": ref["answer"], "reference": ref, "coverage": graded["coverage"], "similarity": graded["similarity"],
                 "status": "ok", "message": message, "leak_flags": sorted(set(flags + (["verdict_claims_removed"] if removed else [])))}
     text, flags = _clean(generate(logic.feedback_prompt(question, answer), "feedback"))
-    comments = logic.VERDICT_LINE.sub("", text).strip()
+    comments, removed = logic.drop_verdict_claims(text, None)  # no verdict, so every claim of one goes
+    flags += ["verdict_claims_removed"] if removed else []
     return {"verdict": None, "grounded": False, "feedback": comments, "found": [], "missing": [], "model_answer": "", "reference": None,
             "coverage": None, "similarity": graded["similarity"], "status": "unverified", "leak_flags": sorted(set(flags)),
             "message": "No course item matches this question, so Iris gives no verdict. The model's comments below are unchecked: "
