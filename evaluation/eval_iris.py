@@ -231,26 +231,36 @@ def _progress(kind: str, item: dict, result: dict | None) -> str:
 def evaluate_model(label: str, llm, inputs: dict, position: str = "1/1", cap: int | None = None, log=print, use_grammar: bool = True) -> dict:
     """Run every input through Iris's tasks on one loaded model: ``{"outputs": {kind: [records]}, "metrics", ...}``.
     ``use_grammar=False`` drops the tasks' GBNF grammars (how Iris generated before they existed)."""
-    generate = Generator(llm, cap, use_grammar)
-    outputs: dict[str, list[dict]] = {}
+    return evaluate_modes([label], llm, inputs, (use_grammar,), position, cap, log)[0]
+
+
+def evaluate_modes(labels: list[str], llm, inputs: dict, modes: tuple[bool, ...], position: str = "1/1", cap: int | None = None,
+                   log=print) -> list[dict]:
+    """``evaluate_model`` for each grammar mode, interleaved: every request runs in each mode back to back, so the
+    modes' timings share the machine's load of the moment."""
+    generators = [Generator(llm, cap, mode) for mode in modes]
+    outputs: list[dict[str, list[dict]]] = [{} for _ in modes]
     t0 = time.time()
     for kind in ("quizzes", "drills", "plans", "feedback"):
-        outputs[kind] = []
         items = inputs.get(kind, [])
+        for out in outputs:
+            out[kind] = []
         for i, item in enumerate(items, start=1):
-            generate.seed, generate.calls = item.get("seed"), []
-            t = time.time()
-            rec = {"id": item["id"]}
-            try:
-                rec["result"] = run_one(kind, item, generate)
-            except Exception as e:  # one failing request is recorded and counted, the evaluation goes on
-                rec["result"], rec["error"] = None, f"{type(e).__name__}: {e}"
-            rec["seconds"] = round(time.time() - t, 2)
-            rec["calls"] = generate.calls
-            outputs[kind].append(rec)
-            log(f"[{SCRIPT}] model {position} {label}: {KIND_NAMES[kind]} {i}/{len(items)} {item['id']}: "
-                f"{_progress(kind, item, rec['result'])}" + (f" ({rec['error']})" if "error" in rec else "") + f", {rec['seconds']:.1f} s", flush=True)
-    return {"outputs": outputs, "metrics": compute_metrics(inputs, outputs), "seconds": round(time.time() - t0, 1)}
+            for label, generate, out in zip(labels, generators, outputs):
+                generate.seed, generate.calls = item.get("seed"), []
+                t = time.time()
+                rec = {"id": item["id"]}
+                try:
+                    rec["result"] = run_one(kind, item, generate)
+                except Exception as e:  # one failing request is recorded and counted, the evaluation goes on
+                    rec["result"], rec["error"] = None, f"{type(e).__name__}: {e}"
+                rec["seconds"] = round(time.time() - t, 2)
+                rec["calls"] = generate.calls
+                out[kind].append(rec)
+                log(f"[{SCRIPT}] model {position} {label}: {KIND_NAMES[kind]} {i}/{len(items)} {item['id']}: "
+                    f"{_progress(kind, item, rec['result'])}" + (f" ({rec['error']})" if "error" in rec else "") + f", {rec['seconds']:.1f} s", flush=True)
+    seconds = round(time.time() - t0, 1)
+    return [{"outputs": out, "metrics": compute_metrics(inputs, out), "seconds": seconds} for out in outputs]
 
 
 # ------------------------------------------------------------------------------------------------- metrics
@@ -534,7 +544,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=SEED, help=f"seed of the inputs and of each request's sampling (default {SEED})")
     p.add_argument("--grammar", choices=("on", "off", "both"), default="on",
                    help="Iris's GBNF grammars for quiz, drill and feedback: on (what Iris does), off (before they existed), or both: "
-                        "each model twice, the second labelled '<label>, no grammar' (default on)")
+                        "each request twice, back to back, the second reported as '<label>, no grammar' (default on)")
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the physical cores this process may use)")
     p.add_argument("--test_file", default=str(EXAM_TEST_DATA), help="held-out JSONL for the feedback questions (default: the exam test split)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"report (default {DEFAULT_OUT.relative_to(REPO)}; the .md goes beside it)")
@@ -582,12 +592,10 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         load_seconds = round(time.time() - t, 1)
         try:
-            for use_grammar in modes:
-                name = label if use_grammar or args.grammar == "off" else f"{label}, no grammar"
-                entry = {"label": name, "path": str(path), "size_bytes": path.stat().st_size, "grammar": use_grammar,
-                         "load_seconds": load_seconds, "safe_mode": getattr(llm, "iris_safe_mode", None)}
-                entry.update(evaluate_model(name, llm, inputs, position, use_grammar=use_grammar))
-                entry["status"] = "completed"
+            names = [label if mode or args.grammar == "off" else f"{label}, no grammar" for mode in modes]
+            for name, mode, result in zip(names, modes, evaluate_modes(names, llm, inputs, tuple(modes), position)):
+                entry = {"label": name, "path": str(path), "size_bytes": path.stat().st_size, "grammar": mode,
+                         "load_seconds": load_seconds, "safe_mode": getattr(llm, "iris_safe_mode", None), **result, "status": "completed"}
                 m = entry["metrics"]
                 print(f"[{SCRIPT}] model {position}: {name}: quiz first try {_fmt(m['quiz']['first_try_rate'], 'rate')}, "
                       f"drill first try {_fmt(m['drill']['first_try_rate'], 'rate')}, plan drafts accepted {_fmt(m['plan']['draft_accepted_rate'], 'rate')}, "

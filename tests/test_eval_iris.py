@@ -236,6 +236,22 @@ def test_main_writes_json_and_markdown(tmp_path, monkeypatch, capsys):
     assert "quiz 2/2" in capsys.readouterr().out
 
 
+def test_grammar_both_runs_each_request_in_both_modes_back_to_back(tmp_path, monkeypatch):
+    import iris.gguf_runtime
+
+    good = tmp_path / "good.gguf"
+    good.write_bytes(b"GGUF")
+    loaded = []
+    monkeypatch.setattr(iris.gguf_runtime, "load_llama", lambda path, **kw: loaded.append(FakeLlama(GOOD)) or loaded[-1])
+    out = tmp_path / "eval_iris.json"
+    E.main([f"m={good}", "--quizzes", "2", "--drills", "1", "--plans", "0", "--feedback", "0", "--grammar", "both", "--out", str(out)])
+    record = json.loads(out.read_text())
+    assert [(m["label"], m["grammar"]) for m in record["models"]] == [("m", True), ("m, no grammar", False)]
+    calls = loaded[0].calls  # quiz 1 with, then without a grammar; then quiz 2; then the drill
+    assert [("grammar" in c["kwargs"], c["tool"]) for c in calls] == [(True, "quiz"), (False, "quiz")] * 2 + [(True, "mixed_drill"), (False, "mixed_drill")]
+    assert {"tokens_per_second", "seconds_per_request", "judge_agree_rate"} <= set(record["models"][1]["metrics"]["quiz"])
+
+
 def test_bad_command_lines(tmp_path):
     with pytest.raises(E.EvalIrisError, match="no such GGUF"):
         E.main([str(tmp_path / "missing.gguf")])
