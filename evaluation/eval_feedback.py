@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -41,6 +40,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as ``python evaluation/eval_feedback.py``
+    sys.path.insert(0, str(REPO))
+
+from training.run import record_envelope, write_json  # noqa: E402
+
 SCRIPT = "eval_feedback"
 PROBE = REPO / "data" / "feedback_probe.jsonl"
 DEFAULT_OUT = REPO / "evaluation_results" / "eval_feedback.json"
@@ -276,37 +280,15 @@ def markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for everyone
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def write_report(record: dict, out: Path) -> Path:
     out = Path(out)
     md = out.with_suffix(".md")
     record["markdown"] = str(md)
-    _atomic_write(out, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
-    _atomic_write(md, markdown(record))
+    write_json(out, record)
+    tmp = md.with_name(f".{md.name}.tmp-{os.getpid()}")
+    tmp.write_text(markdown(record), encoding="utf-8")
+    os.replace(tmp, md)
     return md
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 # ------------------------------------------------------------------------------------------- command line
@@ -375,17 +357,15 @@ def main(argv: list[str] | None = None) -> dict:
                       f"in {r['seconds']:.1f} s", flush=True)
         app_log_tail = _tail(log, 2000)
     summary = summarize(graded)
-    record = {
-        "kind": "eval", "script": SCRIPT, "argv": argv, "command": [sys.executable, "evaluation/eval_feedback.py", *argv],
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu": cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-        "model": model, "model_label": label, "max_tokens_cap": args.max_tokens_cap, "limit": args.limit,
+    record = record_envelope("eval", SCRIPT, {"argv": argv, "command": ["python", "evaluation/eval_feedback.py", *argv]})
+    record.update({
+        "status": "completed", "finished": datetime.now(UTC).isoformat(timespec="seconds"), "model": model, "model_label": label, "max_tokens_cap": args.max_tokens_cap, "limit": args.limit,
         "app_env": {"IRIS_N_THREADS": "1", "IRIS_HUB_MODELS": "", "GRADIO_ANALYTICS_ENABLED": "False",
                     "IRIS_MAX_TOKENS_CAP": str(args.max_tokens_cap)},
         "probe": os.path.relpath(args.probe, REPO) if Path(args.probe).resolve().is_relative_to(REPO) else args.probe,
         "probe_rows": len(probe), "wall_seconds": round(time.time() - t0, 1),
         "summary": summary, "rows": graded, "app_log_tail": app_log_tail,
-    }
+    })
     md = write_report(record, Path(args.out))
     s = summary
     print(f"[{SCRIPT}] wrong answers called correct: {s['wrong_called_correct']} / {s['per_label']['wrong']}; no-reference questions "

@@ -44,6 +44,17 @@ def parse_cli(config: TrainConfig, argv: list[str] | None = None) -> TrainConfig
 
 
 # ------------------------------------------------------------------------------------------------- hardware
+def cpu_model() -> str:
+    """The CPU's model name ("Intel(R) Xeon(R) Processor", "AMD EPYC 7B13"), which every benchmark must state."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def cpu_flags() -> set[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -59,7 +70,7 @@ def hardware() -> dict:
 
     info = {
         "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_bf16": bool({"avx512_bf16", "amx_bf16"} & cpu_flags()),
