@@ -184,9 +184,10 @@ def iter_jsonl(path: str | os.PathLike, strict: bool = True, report: LoadReport 
             yield lineno, row, detail
 
 
-def load_conversations(path: str | os.PathLike, strict: bool = True, verbose: bool = False) -> list[dict]:
-    """Load any supported JSONL file into rows ``{"messages": [...], **metadata}``."""
-    report = LoadReport(source=str(path))
+def load_conversations(path: str | os.PathLike, strict: bool = True, verbose: bool = False, report: LoadReport | None = None) -> list[dict]:
+    """Load any supported JSONL file into rows ``{"messages": [...], **metadata}``; ``report`` (filled in) says what
+    the load skipped or changed, for a run record."""
+    report = report if report is not None else LoadReport(source=str(path))
     rows = []
     for lineno, row, messages in iter_jsonl(path, strict=strict, report=report):
         meta = {k: v for k, v in row.items() if k not in ("conversations", "messages")}

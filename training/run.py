@@ -254,14 +254,18 @@ def record_envelope(kind: str, name: str, config: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- data
-def load_training_rows(cfg: TrainConfig) -> tuple[list[dict], str]:
+def load_training_rows(cfg: TrainConfig) -> tuple[list[dict], str, dict]:
+    """The run's conversations, where they came from, and what the load skipped or changed (for the record)."""
     from training import dataset_utils as du
 
-    if cfg.data_path:
-        return du.load_conversations(cfg.data_path, strict=cfg.strict_data), cfg.data_path
-    if cfg.data == "finetome":
-        return du.load_finetome(cfg.general_data_path)
-    return du.load_conversations(du.EXAM_DATA, strict=cfg.strict_data), str(du.EXAM_DATA.relative_to(REPO))
+    if cfg.data == "finetome" and not cfg.data_path:
+        rows, source = du.load_finetome(cfg.general_data_path)
+        return rows, source, {}
+    path = cfg.data_path or du.EXAM_DATA
+    report = du.LoadReport(source=str(path))
+    rows = du.load_conversations(path, strict=cfg.strict_data, report=report)
+    source = cfg.data_path or str(du.EXAM_DATA.relative_to(REPO))
+    return rows, source, {"skipped": dict(report.skipped), "notes": report.notes()}
 
 
 # ------------------------------------------------------------------------------------------------- the run
@@ -293,6 +297,7 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.data == "finetome-exam" and not (stage1 / "adapter_config.json").exists():
         script = f"training/train_{cfg.stage1_name.replace('-', '_').replace('.', '_')}.py"
         raise RunError(f"{cfg.name} continues the stage-1 adapter {stage1}, which does not exist: run python {script} first.")
+    rows, source, load_report = load_training_rows(cfg)  # before the heavy imports: a bad file fails in a second
     resume_from = resumed_from = None
     snapshots = git_snapshots(cfg)
     if cfg.resume:
@@ -337,8 +342,7 @@ def train(cfg: TrainConfig) -> Path:
             raise RunError(f"{model_path}: no pad token distinct from the end-of-turn token {tokenizer.eos_token!r}")
     train_template = training_template(tokenizer)
 
-    # Data: load, validate, sample, hold out, count over-length conversations.
-    rows, source = load_training_rows(cfg)
+    # Data (loaded and validated above): sample, hold out, count over-length conversations.
     rows = du.sample(rows, cfg.num_samples, cfg.seed)
     train_rows, eval_rows = du.split_holdout(rows, cfg.holdout, cfg.seed) if cfg.holdout else (rows, [])
     train_data, length_stats = du.tokenize_conversations(train_rows, tokenizer, train_template, cfg.max_length, cfg.over_length)
@@ -410,7 +414,7 @@ def train(cfg: TrainConfig) -> Path:
                      "activation_checkpointing": cfg.checkpointing, "padding_free": cfg.uses_padding_free(device), "attention": model.config._attn_implementation, "lm_head": lm_head,
                      "world_size": int(os.environ.get("WORLD_SIZE", "1")), "resumed_from": resumed_from or (str(resume_from) if resume_from else None)},
         "data": {"source": source, "train_conversations": len(train_data), "held_out": len(eval_data),
-                 "sha256": du.data_hash(train_rows), "length": length_stats, "held_out_length": eval_length_stats},
+                 "sha256": du.data_hash(train_rows), "load": load_report, "length": length_stats, "held_out_length": eval_length_stats},
         "chat_template_sha256": template_hash(serving_template),
         "training_chat_template_sha256": template_hash(train_template),
         "parameters": {"trainable": trainable, "total": total, "trainable_pct": round(100 * trainable / total, 3)},
