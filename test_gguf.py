@@ -29,7 +29,10 @@ SMOKE_PROMPTS = [
 
 
 def default_model() -> Path:
-    found = sorted((p for p in (REPO / "gguf_export").glob("*.gguf") if not p.name.endswith("_lora.gguf")), key=lambda p: p.stat().st_mtime)
+    """The newest tuned export in gguf_export/ (never a LoRA-only file, nor the ``<run>_base_f16.gguf`` that export writes
+    last for its checks); else the embedded base."""
+    found = sorted((p for p in (REPO / "gguf_export").glob("*.gguf") if not p.name.endswith("_lora.gguf") and "_base_" not in p.name),
+                   key=lambda p: p.stat().st_mtime)
     if found:
         return found[-1]
     from training.models import embedded_gguf

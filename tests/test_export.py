@@ -132,3 +132,18 @@ def test_a_changed_adapter_changes_the_fingerprint(adapter_root, tmp_path):
     data[-1] ^= 1  # one bit of one weight
     (copy / "adapter_model.safetensors").write_bytes(bytes(data))
     assert fingerprint(copy, base, ["q8_0"]) != before
+
+
+def test_test_gguf_defaults_to_the_newest_tuned_export(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("test_gguf_script", REPO / "test_gguf.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    folder = tmp_path / "gguf_export"
+    folder.mkdir()
+    for i, name in enumerate(["run_q4_k_m.gguf", "run_lora.gguf", "run_base_f16.gguf"]):  # export writes the base file last
+        (folder / name).write_bytes(b"GGUF")
+        os.utime(folder / name, (1000 + i, 1000 + i))
+    monkeypatch.setattr(script, "REPO", tmp_path)
+    assert script.default_model() == folder / "run_q4_k_m.gguf"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -67,7 +68,12 @@ def tiny_args(tiny_model_dir, exam_file, root, *extra):
             "--threads", "1", *extra]
 
 
+def _files_sha(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
 def test_two_step_lora_run_changes_only_the_adapter(tiny_model_dir, exam_file, tmp_path):
+    base_before = _files_sha(tiny_model_dir)
     r = run_script("training/train_smollm2_135m_lora_exam.py", *tiny_args(tiny_model_dir, exam_file, tmp_path, "--max_steps", "2"))
     assert r.returncode == 0, r.stderr[-3000:]
     run = "tiny-llama-lora-exam"
@@ -77,16 +83,7 @@ def test_two_step_lora_run_changes_only_the_adapter(tiny_model_dir, exam_file, t
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b), "LoRA B starts at zero: it must have moved"
     assert not [k for k in weights if "lora" not in k], "only adapter weights are saved"
 
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    reference = {k: v.clone() for k, v in base.state_dict().items()}
-    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter)
-    for k, v in tuned.get_base_model().state_dict().items():
-        if "lora" not in k:
-            key = k.replace(".base_layer", "")
-            assert torch.equal(v, reference[key]), f"base weight {k} changed"
+    assert _files_sha(tiny_model_dir) == base_before, "training wrote to the base checkpoint"
 
     record = json.loads((tmp_path / "training_logs" / f"{run}.json").read_text())
     assert record["status"] == "completed" and record["global_step"] == 2
@@ -322,7 +319,8 @@ def test_resume_refuses_only_damaged_checkpoints(tiny_model_dir, exam_file, tmp_
 def test_stage2_needs_its_stage1_adapter(tiny_model_dir, exam_file, tmp_path):
     r = run_script("training/train_smollm2_135m_lora_finetome_exam.py", *tiny_args(tiny_model_dir, exam_file, tmp_path, "--max_steps", "1"))
     assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert "tiny-llama-lora-finetome" in r.stderr and "train_tiny_llama_lora_finetome.py" in r.stderr or "run python" in r.stderr
+    assert "tiny-llama-lora-finetome" in r.stderr  # the adapter it looked for, and a command that exists to make it:
+    assert f"run python training/train_smollm2_135m_lora_finetome.py --model {tiny_model_dir} --root {tmp_path} first" in r.stderr
 
 
 def test_offline_llama_script_fails_with_one_clear_message():

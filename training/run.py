@@ -288,6 +288,19 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def stage1_command(cfg: TrainConfig) -> str:
+    """The command that trains the stage-1 adapter a two-stage run needs: the running script's FineTome sibling (so a
+    run on a local checkpoint names a script that exists), with the same --model and --root."""
+    main = Path(getattr(sys.modules.get("__main__"), "__file__", None) or "")
+    if main.name.endswith("_finetome_exam.py"):
+        script = main.with_name(main.name.replace("_finetome_exam.py", "_finetome.py"))
+    else:
+        script = REPO / "training" / f"train_{cfg.stage1_name.replace('-', '_').replace('.', '_')}.py"
+    shown = script.relative_to(REPO) if script.is_relative_to(REPO) else script
+    extra = "".join(f" --{k} {v}" for k, v in (("model", cfg.model), ("root", cfg.root)) if v and str(v) != str(getattr(TrainConfig, k, None)))
+    return f"python {shown}{extra}"
+
+
 def train(cfg: TrainConfig) -> Path:
     from training.models import resolve_model
 
@@ -295,8 +308,7 @@ def train(cfg: TrainConfig) -> Path:
     model_path = resolve_model(cfg.model, offline_alternative=embedded_script)
     stage1 = cfg.stage1_adapter_dir
     if cfg.data == "finetome-exam" and not (stage1 / "adapter_config.json").exists():
-        script = f"training/train_{cfg.stage1_name.replace('-', '_').replace('.', '_')}.py"
-        raise RunError(f"{cfg.name} continues the stage-1 adapter {stage1}, which does not exist: run python {script} first.")
+        raise RunError(f"{cfg.name} continues the stage-1 adapter {stage1}, which does not exist: run {stage1_command(cfg)} first.")
     rows, source, load_report = load_training_rows(cfg)  # before the heavy imports: a bad file fails in a second
     resume_from = resumed_from = None
     snapshots = git_snapshots(cfg)
