@@ -133,6 +133,7 @@ def test_feedback(iris):
     client, _ = iris
     markdown, data = client.predict(EMBEDDED, "What is a feature store?", "A feature store is a shop that sells clothes.", api_name="/feedback")
     assert data["grounded"] and data["verdict"] == "wrong" and "### Verdict: wrong" in markdown and "Key points missing" in markdown
+    assert set(data) >= {"feedback", "found", "missing", "model_answer", "reference", "status"}
     markdown, data = client.predict(EMBEDDED, "How long should pasta boil?", "Ten minutes.", api_name="/feedback")
     assert data["verdict"] is None and data["status"] == "unverified" and "### No verdict" in markdown
 
@@ -157,7 +158,6 @@ def test_uploads_are_capped_and_outputs_named(iris):
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     names = [r["label"] for endpoint in api.values() for r in endpoint["returns"]]
     assert names and not [n for n in names if n.startswith("value_")], names
-    assert set(data) >= {"feedback", "missing", "model_answer", "status"}
 
 
 def test_cheat_sheet_downloads_markdown(iris):
