@@ -82,12 +82,11 @@ def run_feedback(generate, question: str, answer: str, index=None) -> dict:
                    f"{points} key points. The explanation is the model's.")
         return {"verdict": graded["verdict"], "grounded": True, "feedback": comments, "found": graded["found"], "missing": graded["missing"],
                 "model_answer": ref["answer"], "reference": ref, "coverage": graded["coverage"], "similarity": graded["similarity"],
-                "status": "ok", "message": message, "leak_flags": sorted(set(flags + (["verdict_claims_removed"] if removed else [])))}
+                "status": "ok", "message": message, "leak_flags": sorted(set(flags)), "claims_removed": removed}
     text, flags = _clean(generate(logic.feedback_prompt(question, answer), "feedback"))
     comments, removed = logic.drop_verdict_claims(text, None)  # no verdict, so every claim of one goes
-    flags += ["verdict_claims_removed"] if removed else []
     return {"verdict": None, "grounded": False, "feedback": comments, "found": [], "missing": [], "model_answer": "", "reference": None,
-            "coverage": None, "similarity": graded["similarity"], "status": "unverified", "leak_flags": sorted(set(flags)),
+            "coverage": None, "similarity": graded["similarity"], "status": "unverified", "leak_flags": sorted(set(flags)), "claims_removed": removed,
             "message": "No course item matches this question, so Iris gives no verdict. The model's comments below are unchecked: "
                        "compare them with the course material, or ask a question from the course."}
 
