@@ -228,11 +228,11 @@ def markdown(record: dict) -> str:
     lines = [
         "# Answer Feedback probe through the app's API",
         "",
-        f"Command: `{' '.join(['python', 'evaluation/eval_feedback.py', *record['argv']])}`  ",
+        f"Command: `{' '.join(['python', 'evaluation/eval_feedback.py', *record['config']['argv']])}`  ",
         f"Model: `{record['model']}` ({record.get('model_label') or 'label unknown'}); IRIS_MAX_TOKENS_CAP={record['max_tokens_cap']} "
         f"({'Iris’s own settings' if not record['max_tokens_cap'] else 'explanations cut short; verdicts do not depend on the model'}); "
         f"IRIS_N_THREADS=1  ",
-        f"CPU: {record['cpu']} ({record['cpu_count']} cores visible); finished {record['finished']}; {s['rows']} rows in "
+        f"CPU: {record['hardware']['cpu']} ({record['hardware']['cpu_count']} cores visible); finished {record['finished']}; {s['rows']} rows in "
         f"{record['wall_seconds']:.0f} s  ",
         f"Probe: `{record['probe']}` ({record['probe_rows']} rows{'; --limit ' + str(record['limit']) if record['limit'] else ''})",
         "",

@@ -79,7 +79,7 @@ def test_summary_and_report(tmp_path):
     assert s["wrong_called_correct"] == 1 and s["wrong_called_correct_share"] == 1.0
     assert s["no_reference_no_verdict"] == 1 and s["errors"] == 1 and not s["requirements_met"]
     assert s["confusion"]["no reference"] == {"none": 1, "error": 1} and s["accuracy"]["partly correct"] == 0.0
-    record = {"argv": ["--limit", "5"], "model": EMBEDDED, "model_label": "x", "max_tokens_cap": 8, "cpu": "cpu", "cpu_count": 2,
+    record = {"config": {"argv": ["--limit", "5"]}, "model": EMBEDDED, "model_label": "x", "max_tokens_cap": 8, "hardware": {"cpu": "cpu", "cpu_count": 2},
               "finished": "now", "wall_seconds": 5.0, "probe": "p.jsonl", "probe_rows": 5, "limit": 5, "summary": s, "rows": rows}
     md = ef.write_report(record, tmp_path / "r.json")
     text = md.read_text()
@@ -108,6 +108,6 @@ def test_eval_feedback_through_the_app(tmp_path):
     assert record["summary"]["wrong_called_correct"] == 0 and record["summary"]["errors"] == 0
     assert all(row["verdict"] is None and row["status"] == "unverified" for row in rows if row["label"] == ef.NO_REF)
     assert all(row["grounded"] and row["verdict"] in ef.LABELS for row in rows if row["label"] != ef.NO_REF)
-    assert all(isinstance(row["seconds"], float) for row in rows) and record["cpu"]
+    assert all(isinstance(row["seconds"], float) for row in rows) and record["hardware"]["cpu"]
     assert "Wrong answers called correct | 0 / 2" in out.with_suffix(".md").read_text()
     assert "8/8" in r.stdout  # progress per row
