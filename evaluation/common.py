@@ -340,7 +340,7 @@ def evaluate(script: str, sources: list[Source], settings: Settings, out: Path, 
     ``finish(record)`` may add script-specific conclusions before the report is written.
     """
     from evaluation.prompts import prompt_items, test_items
-    from training.run import record_envelope, write_json
+    from training.run import record_envelope, write_report
 
     usable = [s for s in sources if not s.missing]
     for s in sources:
@@ -380,8 +380,7 @@ def evaluate(script: str, sources: list[Source], settings: Settings, out: Path, 
     record["status"] = "completed" if any(m.get("status") == "completed" for m in models) else "failed"
     if finish is not None:
         finish(record)
-    write_json(out, record)
-    out.with_suffix(".md").write_text(markdown_table(record))
+    write_report(out, record, markdown_table)
     print(f"[{script}] report {out} (table: {out.with_suffix('.md').name})")
     return record
 

@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as ``python evaluation/eval_feedback.py``
     sys.path.insert(0, str(REPO))
 
-from training.run import record_envelope, write_json  # noqa: E402
+from training.run import record_envelope, write_report  # noqa: E402
 
 SCRIPT = "eval_feedback"
 PROBE = REPO / "data" / "feedback_probe.jsonl"
@@ -111,18 +111,17 @@ def free_port() -> int:
 
 
 def app_env(cap: int) -> dict:
-    env = {**os.environ, "IRIS_N_THREADS": "1", "IRIS_HUB_MODELS": "", "GRADIO_ANALYTICS_ENABLED": "False",
-           "IRIS_MAX_TOKENS_CAP": str(cap)}
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    return env
+    return {"IRIS_N_THREADS": "1", "IRIS_HUB_MODELS": "", "IRIS_MAX_TOKENS_CAP": str(cap)}
 
 
 @contextlib.contextmanager
-def running_app(cap: int, log: Path, startup_s: float = 300):
-    """``python iris/app.py --port <free>`` the way a user starts it; yields its url once it answers, stops it after."""
+def running_app(env: dict, log: Path, startup_s: float = 300):
+    """``python iris/app.py --port <free>`` the way a user starts it, with ``env`` added to the environment (offline, no
+    analytics); yields its url once it answers, and stops it afterwards. The tests start the app with it too."""
     port = free_port()
+    full_env = {"HF_HUB_OFFLINE": "1", **os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **env}
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(REPO / "iris" / "app.py"), "--port", str(port)], cwd=REPO, env=app_env(cap),
+        proc = subprocess.Popen([sys.executable, str(REPO / "iris" / "app.py"), "--port", str(port)], cwd=REPO, env=full_env,
                                 stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -280,17 +279,6 @@ def markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(record: dict, out: Path) -> Path:
-    out = Path(out)
-    md = out.with_suffix(".md")
-    record["markdown"] = str(md)
-    write_json(out, record)
-    tmp = md.with_name(f".{md.name}.tmp-{os.getpid()}")
-    tmp.write_text(markdown(record), encoding="utf-8")
-    os.replace(tmp, md)
-    return md
-
-
 # ------------------------------------------------------------------------------------------- command line
 def parse_args(argv):
     p = argparse.ArgumentParser(
@@ -334,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="iris-eval-feedback-") as tmp:
         log = Path(tmp) / "iris.log"
         print(f"[{SCRIPT}] starting iris/app.py (IRIS_N_THREADS=1, IRIS_MAX_TOKENS_CAP={args.max_tokens_cap}) ...", flush=True)
-        with running_app(args.max_tokens_cap, log, args.startup_timeout) as url:
+        with running_app(app_env(args.max_tokens_cap), log, args.startup_timeout) as url:
             choices, default = app_models(url)
             keys = [key for _, key in choices]
             model = args.model or default or (keys[0] if keys else None)
@@ -366,7 +354,7 @@ def main(argv: list[str] | None = None) -> dict:
         "probe_rows": len(probe), "wall_seconds": round(time.time() - t0, 1),
         "summary": summary, "rows": graded, "app_log_tail": app_log_tail,
     })
-    md = write_report(record, Path(args.out))
+    md = write_report(Path(args.out), record, markdown)
     s = summary
     print(f"[{SCRIPT}] wrong answers called correct: {s['wrong_called_correct']} / {s['per_label']['wrong']}; no-reference questions "
           f"without a verdict: {s['no_reference_no_verdict']} / {s['per_label'][NO_REF]}; accuracy {_pct(s['accuracy_labelled'])}; "

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
-import os
 import random
 import re
 import sys
@@ -491,20 +490,6 @@ def markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(record: dict, out: Path) -> Path:
-    """The JSON (atomic, training.run.write_json) and the Markdown table beside it (atomic too)."""
-    from training.run import write_json
-
-    out = Path(out)
-    md = out.with_suffix(".md")
-    record["markdown"] = str(md)
-    write_json(out, record)
-    tmp = md.with_name(f".{md.name}.tmp-{os.getpid()}")
-    tmp.write_text(markdown(record), encoding="utf-8")
-    os.replace(tmp, md)
-    return md
-
-
 # ------------------------------------------------------------------------------------------------- command line
 def parse_model(arg: str) -> tuple[str, Path]:
     """``path.gguf`` (labelled by its stem), ``label=path.gguf``, or a quantized spec of evaluation/common.py
@@ -609,7 +594,9 @@ def main(argv: list[str] | None = None) -> dict:
             gc.collect()
     record.update(models=models, comparison=compare(models), wall_seconds=round(time.time() - t0, 1))
     record["status"] = "completed" if any(m.get("status") == "completed" for m in models) else "failed"
-    md = write_report(record, Path(args.out))
+    from training.run import write_report
+
+    md = write_report(Path(args.out), record, markdown)
     print(f"[{SCRIPT}] report {args.out} and {md}", flush=True)
     return record
 

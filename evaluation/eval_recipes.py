@@ -234,15 +234,14 @@ def training_facts(root: Path, c: Candidate, trained_now: dict) -> dict:
 
 
 def render(out: Path, root: Path) -> None:
-    from training.run import write_json
+    from training.run import write_report
 
     report = json.loads(out.read_text())
     for c in CANDIDATES:
         if c.key in report["training"]:
             report["training"][c.key] = training_facts(root, c, {k: v for k, v in report["training"][c.key].items() if k in ("key", "commands", "status")})
     report["pick"] = pick(report)
-    write_json(out, report)
-    out.with_suffix(".md").write_text(markdown(report))
+    write_report(out, report, markdown)
     print(f"[eval_recipes] winner: {report['pick'].get('winner')}; table {out.with_suffix('.md')}")
 
 
@@ -300,7 +299,9 @@ def main(argv: list[str] | None = None) -> None:
 
     out = Path(args.out)
     report = evaluate("eval_recipes", sources, settings_from_args(args), out, argv, finish=finish, jobs=args.jobs)
-    out.with_suffix(".md").write_text(markdown(report))
+    from training.run import write_report
+
+    write_report(out, report, markdown)  # the recipe table replaces evaluate()'s generic one
     print(f"[eval_recipes] winner: {report['pick'].get('winner')}; table {out.with_suffix('.md')}")
 
 

@@ -81,7 +81,7 @@ def test_summary_and_report(tmp_path):
     assert s["confusion"]["no reference"] == {"none": 1, "error": 1} and s["accuracy"]["partly correct"] == 0.0
     record = {"config": {"argv": ["--limit", "5"]}, "model": EMBEDDED, "model_label": "x", "max_tokens_cap": 8, "hardware": {"cpu": "cpu", "cpu_count": 2},
               "finished": "now", "wall_seconds": 5.0, "probe": "p.jsonl", "probe_rows": 5, "limit": 5, "summary": s, "rows": rows}
-    md = ef.write_report(record, tmp_path / "r.json")
+    md = ef.write_report(tmp_path / "r.json", record, ef.markdown)
     text = md.read_text()
     assert "**FAIL**" in text and "| wrong | 1 | 0 | 0 | 0 | 0 | 1 | 0.0% |" in text and "| b | wrong | correct |" in text
     assert json.loads((tmp_path / "r.json").read_text())["summary"]["wrong_called_correct"] == 1

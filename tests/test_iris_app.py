@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from pathlib import Path
@@ -25,44 +20,15 @@ EMBEDDED = "embedded:smollm2-135m"
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running_iris(gguf_dir: Path, log: Path, cap: int = 6):
-    """Launch ``python iris/app.py`` the way a user does; yields its url once it answers, and stops it afterwards."""
-    import urllib.request
+    """Launch ``python iris/app.py`` the way a user does (evaluation/eval_feedback.py's launcher); yields its url."""
+    from evaluation.eval_feedback import running_app
 
-    port = free_port()
-    env = {**os.environ, "IRIS_MAX_TOKENS_CAP": str(cap), "IRIS_N_CTX": "512", "IRIS_GGUF_DIR": str(gguf_dir), "IRIS_HUB_MODELS": "",
-           "IRIS_ADAPTER_DIR": str(gguf_dir / "no-adapters"),
-           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "iris" / "app.py"), "--port", str(port)], cwd=REPO, env=env,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"iris/app.py exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=5)
-            break
-        except OSError:
-            time.sleep(1)
-    else:
-        proc.kill()
-        raise RuntimeError(f"iris/app.py did not answer on {url} within 180 s:\n{log.read_text()[-3000:]}")
-    try:
+    env = {"IRIS_MAX_TOKENS_CAP": str(cap), "IRIS_N_CTX": "512", "IRIS_GGUF_DIR": str(gguf_dir), "IRIS_HUB_MODELS": "",
+           "IRIS_ADAPTER_DIR": str(gguf_dir / "no-adapters")}
+    with running_app(env, log, startup_s=180) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")

@@ -230,12 +230,27 @@ def git_commit() -> str | None:
         return None
 
 
-def write_json(path: Path, obj: dict) -> None:
+def write_text(path: Path, text: str) -> None:
     """Atomic: a reader never sees a half-written file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    write_text(path, json.dumps(obj, indent=2, default=str))
+
+
+def write_report(out: Path, record: dict, markdown) -> Path:
+    """An evaluation report: the JSON record and, beside it, the Markdown that ``markdown(record)`` renders; both atomic."""
+    out = Path(out)
+    md = out.with_suffix(".md")
+    record["markdown"] = str(md)
+    write_json(out, record)
+    write_text(md, markdown(record))
+    return md
 
 
 def record_envelope(kind: str, name: str, config: dict) -> dict:
