@@ -231,18 +231,23 @@ def resolve(entry: ModelEntry) -> Path:
         ) from None
 
 
-def _load(path: Path, n_ctx: int):
+def _runtime():
     try:
-        from iris.gguf_runtime import load_llama
+        from iris import gguf_runtime
     except ImportError:  # the Space layout
-        from gguf_runtime import load_llama
-    threads = int(os.environ.get("IRIS_N_THREADS", "0")) or max(1, min(4, os.cpu_count() or 1))
+        import gguf_runtime
+    return gguf_runtime
+
+
+def _load(path: Path, n_ctx: int):
+    """Threads: gguf_runtime's rule (``IRIS_N_THREADS`` fixes them), re-applied before each generation by ``use``."""
+    load_llama = _runtime().load_llama
     try:
-        return load_llama(path, n_ctx=n_ctx, n_threads=threads)
+        return load_llama(path, n_ctx=n_ctx)
     except ImportError:
         # gguf_runtime's AMX probe imports training/, which a Space does not ship: take the always-safe path.
         os.environ.setdefault("IRIS_GGUF_REPACK", "0")
-        return load_llama(path, n_ctx=n_ctx, n_threads=threads)
+        return load_llama(path, n_ctx=n_ctx)
 
 
 @dataclass
@@ -291,9 +296,10 @@ class ModelPool:
 
     @contextmanager
     def use(self, key: str):
-        """The loaded model of ``key``, locked for the caller until the ``with`` block ends."""
+        """The loaded model of ``key``, locked for the caller until the ``with`` block ends, with its threads set for
+        this generation by gguf_runtime's rule (how busy the other processes keep the CPUs now)."""
         loaded = self._get(key)
-        with loaded.lock:
+        with loaded.lock, _runtime().generation_threads(loaded.llm):
             yield loaded.llm
 
     def count_tokens(self, llm, text: str) -> int:

@@ -7,7 +7,7 @@ import pytest
 from conftest import run_script
 
 SUMMARY = {"train_speedup_vs_naive", "train_fraction_of_bf16_ceiling", "qlora_rss_ratio",
-           "q4km_decode_speedup_vs_torch_fp32", "q4km_decode_fraction_of_bandwidth"}
+           "q4km_decode_speedup_vs_torch_fp32", "q4km_decode_fraction_of_bandwidth", "contention_default_vs_best_min"}
 
 
 @pytest.mark.slow
@@ -35,5 +35,8 @@ def test_quick_benchmark_writes_the_report_schema(tmp_path):
     for i in rep["inference"].values():
         assert i["repeats"] >= 3 and i["decode_tokens_per_s"] > 0 and i["weight_bytes"] > 0 and "fraction_of_bandwidth" in i
     assert rep["ceilings"]["bandwidth_bytes_per_s"] > 0 and set(rep["ceilings"]["gemm_flops_per_s"]) == {"float32", "bfloat16"}
+    c = rep["contention"]  # its own test (tests/test_threads.py) checks the section in detail
+    assert list(c["conditions"]) == ["idle", "one_busy_loop", "all_cores_busy"] and c["settings"][0] == "default"
+    assert all(set(cond["rows"]) == set(c["settings"]) for cond in c["conditions"].values())
     assert rep["load_average"] and rep["load_average_end"] and rep["versions"]["torch"]
     assert (tmp_path / "benchmark.md").read_text().count("|") > 20 and (tmp_path / "benchmark.png").stat().st_size > 1000

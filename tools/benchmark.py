@@ -3,6 +3,7 @@
     python tools/benchmark.py                       # embedded model; GGUFs from gguf_export/<run>_*.gguf
     python tools/benchmark.py --quick --out /tmp/b  # tiny random model, seconds (what the test suite runs)
     python tools/benchmark.py --profile default     # where one training step's time goes (torch profiler)
+    python tools/benchmark.py --contention          # only the thread-count section (minutes)
 
 Every configuration runs in its own subprocess with the same data, threads and token counts; the first steps are
 warm-up and excluded; figures are medians over --repeats (at least 3). The load average is recorded at the start and
@@ -22,6 +23,14 @@ them; Q4_K_M once more with it off), each generating a fixed number of tokens (e
 prompt, greedy; decode tokens/s = (tokens - 1) / (time of the last token - time of the first). Ceilings: memory read
 bandwidth and GEMM FLOP/s (fp32, bf16) at the model's shapes; decode is compared with bandwidth / bytes per token,
 LoRA training with GEMM FLOP/s / (4 x params).
+Contention (threads): the GGUF (the run's Q4_K_M; --gguf) loaded once with Iris's default threads (the rule in
+iris/gguf_runtime.py, re-applied before each generation as Iris does) and once per fixed count 1..physical cores,
+idle, beside one busy loop (another process at equal priority) and beside one busy loop per core; settings
+interleaved, the order rotated each repeat. Each condition records the load average and the CPU other processes
+used (iris.gguf_runtime's monitor): an idle or one-loop condition that finds more than 0.3 CPU of outside load waits
+15 s and looks again before measuring, at most 8 times (not in --quick), and the report says so. Per setting: medians
+of prompt and decode tokens/s and their ratio to the best fixed count; a collapsed setting's generation stops after
+8 tokens once it has decoded for 10 s. --contention writes benchmark_contention.json/.md instead.
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 RUN = "smollm2-135m-lora-exam"
+
+from iris.gguf_runtime import physical_cores  # noqa: E402  (the thread rule's core count; stdlib only)
 
 
 def median(xs):
@@ -247,6 +258,120 @@ def worker_infer(args) -> dict:
     }
 
 
+# another process at equal priority that keeps one CPU busy, and ends when the benchmark does, however it ends
+BUSY_LOOP = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(100_000):\n        pass\n"
+OUTSIDE_LOAD = 0.3  # CPUs of load beyond our own busy loops that make a condition be measured again
+
+
+def stop(procs) -> None:
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def worker_contention(args) -> dict:
+    """Iris's default thread count against every fixed count, idle and beside busy loops (see the module docstring)."""
+    from iris import gguf_runtime as rt
+    from training.run import cpu_model
+
+    cores = rt.physical_cores()
+    n_new, settle, wait, tries = args.new_tokens, (0.3 if args.quick else 1.5), 15.0, (1 if args.quick else 8)
+    llms = {"default": rt.load_llama(args.model_path, n_ctx=1024)}
+    llms.update({str(k): rt.load_llama(args.model_path, n_ctx=1024, n_threads=k, n_threads_batch=k) for k in range(1, cores + 1)})
+    question = "Explain the difference between a feature pipeline, a training pipeline and an inference pipeline, with an example."
+    notes = " ".join(f"Note {i}: a feature pipeline writes features, a training pipeline reads them and writes a model, and an "
+                     "inference pipeline reads both." for i in range(1, 6))  # a prompt long enough to time (~150 tokens)
+    ids = llms["default"].tokenize(f"<|im_start|>user\n{notes}\n{question}<|im_end|>\n<|im_start|>assistant\n".encode(), add_bos=False, special=True)
+
+    def generate(llm) -> dict:
+        with rt.generation_threads(llm):  # what iris.models.ModelPool.use does around each generation
+            llm.reset()
+            stamps, t = [], time.perf_counter()
+            for _tok in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0):
+                stamps.append(time.perf_counter())
+                # a collapsed setting (well under a token per 0.1 s) stops after 8 tokens and 10 s of decoding
+                if len(stamps) == n_new or (len(stamps) >= min(8, n_new) and stamps[-1] - stamps[0] > 10.0):
+                    break
+            return {"threads": llm.n_threads, "threads_batch": llm.n_threads_batch, "new_tokens": len(stamps),
+                    "prompt_tokens_per_s": len(ids) / (stamps[0] - t), "decode_tokens_per_s": (len(stamps) - 1) / (stamps[-1] - stamps[0])}
+
+    for llm in llms.values():  # warm-up
+        generate(llm)
+    conditions = {}
+    for name, loops in (("idle", 0), ("one_busy_loop", 1), ("all_cores_busy", cores)):
+        attempts = []
+        procs = []
+        try:
+            for attempt in range(1, tries + 1):  # outside load: wait and look again, before measuring
+                procs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(loops)]
+                time.sleep(settle)
+                others_before = rt.monitor().others_busy()
+                outside = None if others_before is None else max(0.0, others_before - loops)
+                attempts.append({"others_busy_before": others_before, "outside_load": outside, "load_average": os.getloadavg()})
+                if outside is None or outside <= OUTSIDE_LOAD or loops >= cores or attempt == tries:
+                    break
+                print(f"[benchmark] contention {name}: {outside:.2f} CPU of outside load, looking again in {wait:.0f} s", flush=True)
+                stop(procs)
+                time.sleep(wait)
+            print(f"[benchmark] contention {name}: other processes use {others_before if others_before is None else round(others_before, 2)} CPU", flush=True)
+            load_start = os.getloadavg()
+            runs = {s: [] for s in llms}
+            order = list(llms)
+            for r in range(args.repeats):
+                for s in order[r % len(order):] + order[:r % len(order)]:
+                    runs[s].append(generate(llms[s]))
+            load_end = os.getloadavg()
+        finally:
+            stop(procs)
+        rows = {}
+        for s, rs in runs.items():
+            threads = sorted({r["threads"] for r in rs})
+            rows[s] = {"threads": threads if len(threads) > 1 else threads[0], "runs": rs,
+                       "decode_tokens_per_s": median([r["decode_tokens_per_s"] for r in rs]),
+                       "prompt_tokens_per_s": median([r["prompt_tokens_per_s"] for r in rs])}
+        fixed = [s for s in rows if s != "default"]
+        best = max(fixed, key=lambda s: rows[s]["decode_tokens_per_s"])
+        best_prompt = max(fixed, key=lambda s: rows[s]["prompt_tokens_per_s"])
+        for r in rows.values():
+            r["ratio_to_best"] = r["decode_tokens_per_s"] / rows[best]["decode_tokens_per_s"]
+            r["prompt_ratio_to_best"] = r["prompt_tokens_per_s"] / rows[best_prompt]["prompt_tokens_per_s"]
+        conditions[name] = {
+            "busy_loops": loops, "attempts": len(attempts), "attempt_log": attempts, "outside_load": attempts[-1]["outside_load"],
+            "others_busy_before": attempts[-1]["others_busy_before"], "load_average_start": load_start, "load_average_end": load_end,
+            "best": best, "best_prompt": best_prompt, "default_vs_best": rows["default"]["ratio_to_best"],
+            "default_vs_best_prompt": rows["default"]["prompt_ratio_to_best"], "rows": rows,
+        }
+    worst = min(c["default_vs_best"] for c in conditions.values())
+    return {
+        "model": str(args.model_path), "cpu_model": cpu_model(), "physical_cores": cores, "cpus": len(rt._cpu_ids()),
+        "rule": f"threads = clamp(floor(cores - others_busy + {rt.THREAD_SLACK}), 1, cores), before each generation",
+        "iris_n_threads": os.environ.get("IRIS_N_THREADS"), "prompt_tokens": len(ids), "new_tokens": n_new, "repeats": args.repeats,
+        "settings": list(llms), "conditions": conditions, "default_vs_best_min": worst, "within_20_percent": worst >= 0.8,
+    }
+
+
+def contention_markdown(c: dict) -> str:
+    fixed = [s for s in c["settings"] if s != "default"]
+    head = "| condition | load avg (1 min) start, end | other CPU use | default: threads | " + " | ".join(
+        f"{s} thread{'s' if s != '1' else ''}" for s in fixed) + " | default | default / best |"
+    lines = [f"Threads under contention: {c['cpu_model']}, {c['physical_cores']} physical cores, {c['prompt_tokens']}-token prompt, "
+             f"{c['new_tokens']} new tokens, medians of {c['repeats']}; default = {c['rule']}. Decode tokens/s (prompt tokens/s):",
+             "", head, "| --- | --- | ---: | --- |" + " ---: |" * (len(fixed) + 2)]
+    for name, cond in c["conditions"].items():
+        d = cond["rows"]["default"]
+        cells = [f"{cond['rows'][s]['decode_tokens_per_s']:.1f} ({cond['rows'][s]['prompt_tokens_per_s']:.0f})" for s in fixed]
+        others = "n/a" if cond["others_busy_before"] is None else f"{cond['others_busy_before']:.2f} CPU"
+        again = f", after {cond['attempts'] - 1} waits for outside load" if cond["attempts"] > 1 else ""
+        if (cond["outside_load"] or 0) > OUTSIDE_LOAD and cond["busy_loops"] < c["physical_cores"]:
+            again += f", NOT as intended: {cond['outside_load']:.2f} CPU of outside load"
+        lines.append(f"| {name} ({cond['busy_loops']} busy loop{'s' if cond['busy_loops'] != 1 else ''}{again}) | "
+                     f"{cond['load_average_start'][0]:.2f}, {cond['load_average_end'][0]:.2f} | {others} | {d['threads']} | " + " | ".join(cells)
+                     + f" | {d['decode_tokens_per_s']:.1f} ({d['prompt_tokens_per_s']:.0f}) | {cond['default_vs_best']:.2f} ({cond['default_vs_best_prompt']:.2f}) |")
+    lines += ["", f"Default within 20% of the best fixed count in every condition (decode): {c['within_20_percent']} "
+              f"(worst ratio {c['default_vs_best_min']:.2f}).", ""]
+    return "\n".join(lines)
+
+
 def gguf_weight_types(path) -> dict[str, float]:
     """MB of weights per storage type: a "Q4_K_M" file of a model whose rows are not a multiple of 256 wide (SmolLM2:
     576) holds mostly Q5_0/Q8_0 fallbacks, which is what its decode speed measures."""
@@ -304,7 +429,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny random model and few steps: checks the machinery in seconds")
     ap.add_argument("--run", default=RUN, help="run whose GGUF exports are benchmarked (gguf_export/<run>_*.gguf)")
-    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    ap.add_argument("--threads", type=int, default=physical_cores(), help="threads of every configuration but the contention "
+                    "section's (default: iris.gguf_runtime.physical_cores, the thread rule's count on an idle machine)")
     ap.add_argument("--repeats", type=int, default=3, help="measured repeats per inference configuration (>= 3)")
     ap.add_argument("--steps", type=int, default=6, help="measured training steps per configuration")
     ap.add_argument("--warmup", type=int, default=1, help="training steps excluded as warm-up")
@@ -314,6 +440,9 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", choices=list(CONFIGS), help="instead of the benchmark: profile one training step of this configuration")
     ap.add_argument("--attention", help="with --profile: another attention implementation (e.g. sdpa, the library's masked path)")
     ap.add_argument("--lm_head", choices=["onepass", "trl"], help="with --profile: another loss head (trl: TRL's fused head, SFTTrainer's default)")
+    ap.add_argument("--contention", action="store_true", help="only the thread-count section: benchmark_contention.json/.md")
+    ap.add_argument("--gguf", type=Path, help="GGUF for the contention section (default: the run's Q4_K_M, else the "
+                    "embedded model; --quick: the tiny random model's)")
     ap.add_argument("--out", type=Path, default=REPO / "evaluation_results", help="folder for benchmark.json/.md/.png")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker_out", help=argparse.SUPPRESS)
@@ -322,7 +451,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.worker:
         args.steps, args.warmup, args.batch, args.max_length, args.new_tokens = map(int, (args.steps, args.warmup, args.batch, args.max_length, args.new_tokens))
-        fn = {"ceilings": worker_ceilings, "train": worker_train, "infer": worker_infer}[args.worker]
+        fn = {"ceilings": worker_ceilings, "train": worker_train, "infer": worker_infer, "contention": worker_contention}[args.worker]
         Path(args.worker_out).write_text(json.dumps(fn(args)))
         return 0
     if args.profile:
@@ -337,6 +466,8 @@ def main(argv=None) -> int:
 
     from training.run import record_envelope, write_json
 
+    if args.contention:
+        return contention_only(args)
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     if args.quick:
         args.steps, args.new_tokens, args.max_length = 2, 8, 256  # 256: every conversation keeps assistant tokens after the system prompt
@@ -363,6 +494,7 @@ def main(argv=None) -> int:
         # llama-cpp-python's own default (iris.gguf_runtime.load_llama turns flash attention on)
         "gguf_q4_k_m_no_flash_attn": spawn("infer", args, backend="gguf", model_path=ggufs["q4_k_m"], label="gguf_q4_k_m_no_flash_attn", flash_attn=0, **infer),
     }
+    report["contention"] = spawn("contention", args, model_path=args.gguf or ggufs["q4_k_m"], label="contention", **infer)
     report["load_average_end"] = os.getloadavg()
     fill_fractions(report)
     report["status"] = "completed"
@@ -371,6 +503,28 @@ def main(argv=None) -> int:
     (args.out / "benchmark.md").write_text(markdown(report))
     plot(report, args.out / "benchmark.png")
     print(markdown(report))
+    return 0
+
+
+def contention_only(args) -> int:
+    from training.models import embedded_gguf
+    from training.run import record_envelope, write_json
+
+    gguf = args.gguf or REPO / "gguf_export" / f"{args.run}_q4_k_m.gguf"
+    if args.quick and not args.gguf:
+        gguf, args.new_tokens = quick_fixture(Path(tempfile.mkdtemp(prefix="bench-")))[1]["q4_k_m"], 8
+    elif not gguf.exists():
+        gguf = embedded_gguf()
+        print(f"[benchmark] no {args.run}_q4_k_m.gguf: the contention section runs on the embedded model {gguf.name}", flush=True)
+    report = record_envelope("benchmark", "benchmark_contention", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("worker")})
+    report["contention"] = spawn("contention", args, model_path=gguf, label="contention", new_tokens=args.new_tokens)
+    report["load_average_end"] = os.getloadavg()
+    report["summary"] = {"contention_default_vs_best_min": report["contention"]["default_vs_best_min"]}
+    report["status"] = "completed"
+    write_json(args.out / "benchmark_contention.json", report)
+    md = f"# Benchmark: threads under contention ({Path(gguf).name})\n\n" + contention_markdown(report["contention"])
+    (args.out / "benchmark_contention.md").write_text(md)
+    print(md)
     return 0
 
 
@@ -389,6 +543,7 @@ def fill_fractions(report: dict) -> None:
         "qlora_rss_ratio": t["qlora"]["peak_rss_mb"] / t["default"]["peak_rss_mb"],
         "q4km_decode_speedup_vs_torch_fp32": inf["gguf_q4_k_m"]["decode_tokens_per_s"] / inf["torch_fp32"]["decode_tokens_per_s"],
         "q4km_decode_fraction_of_bandwidth": inf["gguf_q4_k_m"]["fraction_of_bandwidth"],
+        "contention_default_vs_best_min": report["contention"]["default_vs_best_min"],
     }
     report["details"] = {
         "qlora_rss_ratio_vs_lora_with_checkpointing": t["qlora"]["peak_rss_mb"] / t["lora_ckpt"]["peak_rss_mb"],
@@ -429,6 +584,7 @@ def markdown(report: dict) -> str:
         types = ", ".join(f"{k} {v:.0f}" for k, v in r.get("weight_types_mb", {}).items() if v >= 0.5)
         lines.append(f"| {name} | {r['prompt_tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.1f} | {r['ttft_s']:.3f} | {r['peak_rss_mb']:.0f} | "
                      f"{r['weight_bytes'] / 2**20:.0f} | {r['fraction_of_bandwidth']:.1%} | {types} |")
+    lines += ["", contention_markdown(report["contention"])]
     lines += ["", "Summary: " + ", ".join(f"`{k}` = {v:.3f}" for k, v in s.items()), ""]
     lines += [f"- {note}" for note in report.get("notes", [])] + [""]
     return "\n".join(lines)
