@@ -311,7 +311,7 @@ def stage1_command(cfg: TrainConfig) -> str:
         script = main.with_name(main.name.replace("_finetome_exam.py", "_finetome.py"))
     else:
         script = REPO / "training" / f"train_{cfg.stage1_name.replace('-', '_').replace('.', '_')}.py"
-    shown = script.relative_to(REPO) if script.is_relative_to(REPO) else script
+    shown = script.relative_to(Path.cwd()) if script.is_relative_to(Path.cwd()) else script  # as the user would type it
     extra = "".join(f" --{k} {v}" for k, v in (("model", cfg.model), ("root", cfg.root)) if v and str(v) != str(getattr(TrainConfig, k, None)))
     return f"python {shown}{extra}"
 
