@@ -113,6 +113,7 @@ class Index:
         df = Counter(s for d in self.docs for s in d)
         self.idf = {s: math.log((1 + len(self.docs)) / (1 + n)) + 1 for s, n in df.items()}
         self.unseen = math.log(1 + len(self.docs)) + 1
+        self.doc_weights = [self._weight(d) for d in self.docs]  # once, not on every match
 
     def _weight(self, words: set[str]) -> float:
         return math.fsum(sorted(self.idf.get(w, self.unseen) for w in words))  # sorted: the same sum on every run
@@ -123,9 +124,9 @@ class Index:
             return None, 0.0
         wq = self._weight(q)
         best, key = None, (0.0, 0.0)
-        for ref, d in zip(self.refs, self.docs):
+        for ref, d, wd in zip(self.refs, self.docs, self.doc_weights):
             shared = self._weight(q & d)
-            a, b = shared / wq, shared / (self._weight(d) or 1.0)
+            a, b = shared / wq, shared / (wd or 1.0)
             if (min(a, b), max(a, b)) > key:  # ties broken by the other share, then by index order
                 best, key = ref, (min(a, b), max(a, b))
         return best, key[0]
