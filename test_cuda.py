@@ -19,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def main() -> int:
     import torch
 
+    from labcore.hardware import cpu_flags
     from training.config import TrainConfig
-    from training.run import cpu_flags, resolve_optimizer, resolve_precision
+    from training.run import resolve_optimizer, resolve_precision
 
     rows = [("python", platform.python_version()), ("torch", f"{torch.__version__} (CUDA build: {torch.version.cuda or 'no'})")]
     flags = cpu_flags()

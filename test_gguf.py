@@ -5,7 +5,7 @@
     python test_gguf.py --max_tokens 128                  # without --prompt: the original's smoke prompts, or an
                                                           # interactive chat when stdin is a terminal
 
-Loads through iris.gguf_runtime, so quantized files also work on CPUs where a plain llama-cpp-python build crashes.
+Loads through labcore.gguf, so quantized files also work on CPUs where a plain llama-cpp-python build crashes.
 Greedy decoding with the serving repeat penalty (1.15) unless --temperature is given.
 """
 
@@ -35,7 +35,7 @@ def default_model() -> Path:
                    key=lambda p: p.stat().st_mtime)
     if found:
         return found[-1]
-    from training.models import embedded_gguf
+    from labcore.gguf import embedded_gguf
 
     return embedded_gguf()
 
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     path = args.path or default_model()
     if not path.exists():
         sys.exit(f"error: {path}: no such GGUF file (export one with python tools/export_to_gguf.py RUN)")
-    from iris.gguf_runtime import load_llama
+    from labcore.gguf import load_llama
 
     print(f"model: {path}")
     try:

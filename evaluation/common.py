@@ -8,7 +8,7 @@ A model spec is one of:
 * ``<run or adapter folder>@<quant>`` or ``base:smollm2-135m@<quant>``, e.g. ``smollm2-135m-id2223@q8_0``: the run merged and exported
   to that GGUF quantization (cached by Iris's ``merged_gguf``), or the embedded base re-quantized to it, so base and
   tuned can be compared in the format Iris serves;
-* a ``.gguf`` file: run through llama-cpp-python (``iris.gguf_runtime.load_llama``), scored on the same token ids
+* a ``.gguf`` file: run through llama-cpp-python (``labcore.gguf.load_llama``), scored on the same token ids
   as PyTorch with the tokenizer of its run (from the export manifest beside it) or of its base.
 
 Each model is evaluated in its own subprocess (``python -m evaluation.worker``), so its memory figures belong to it
@@ -36,6 +36,7 @@ if str(REPO) not in sys.path:  # scripts run as ``python evaluation/eval_*.py``
     sys.path.insert(0, str(REPO))
 
 from evaluation import metrics  # noqa: E402
+from labcore.io import cached_sha256  # noqa: E402
 from training.dataset_utils import EXAM_TEST_DATA  # noqa: E402
 
 RESULTS = REPO / "evaluation_results"
@@ -340,7 +341,7 @@ def evaluate(script: str, sources: list[Source], settings: Settings, out: Path, 
     ``finish(record)`` may add script-specific conclusions before the report is written.
     """
     from evaluation.prompts import prompt_items, test_items
-    from training.run import record_envelope, write_report
+    from labcore.records import record_envelope, write_report
 
     usable = [s for s in sources if not s.missing]
     for s in sources:
@@ -353,7 +354,7 @@ def evaluate(script: str, sources: list[Source], settings: Settings, out: Path, 
     items = test_items(settings.test_file, settings.limit) + prompt_items(settings.prompts)
     record["hardware"]["cpu_model"] = _cpu_model()
     record["generation"] = settings.generation()
-    record["items"] = {"test_file": settings.test_file, "test_file_sha256": _sha256(Path(settings.test_file)),
+    record["items"] = {"test_file": settings.test_file, "test_file_sha256": cached_sha256(Path(settings.test_file)),
                        "test_items": sum(i["set"] == "test" for i in items), "prompt_list": settings.prompts,
                        "prompt_items": sum(i["set"] != "test" for i in items)}
     t0 = time.time()
@@ -439,12 +440,6 @@ def _cpu_model() -> str | None:
         return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), None)
     except OSError:
         return None
-
-
-def _sha256(path: Path) -> str | None:
-    from evaluation.worker import file_sha256
-
-    return file_sha256(path)
 
 
 # ------------------------------------------------------------------------------------------------- command line

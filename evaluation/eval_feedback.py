@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as ``python evaluation/eval_feedback.py``
     sys.path.insert(0, str(REPO))
 
-from training.run import record_envelope, write_report  # noqa: E402
+from labcore.records import record_envelope, write_report  # noqa: E402
 
 SCRIPT = "eval_feedback"
 PROBE = REPO / "data" / "feedback_probe.jsonl"

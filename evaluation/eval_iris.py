@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import random
 import re
 import sys
@@ -48,6 +47,7 @@ if str(REPO) not in sys.path:  # run as ``python evaluation/eval_iris.py``
 
 from evaluation import mcq_judge  # noqa: E402
 from iris import bank, grammars, logic, tasks  # noqa: E402
+from labcore.io import cached_sha256  # noqa: E402
 from training.dataset_utils import EXAM_TEST_DATA, load_conversations  # noqa: E402
 
 SCRIPT = "eval_iris"
@@ -512,13 +512,6 @@ def parse_model(arg: str) -> tuple[str, Path]:
     return Path(arg).stem, Path(arg)
 
 
-def _sha256(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="Iris's own tasks (quiz, drill, study plan, feedback) on GGUF models, the first one the reference.")
     p.add_argument("models", nargs="+", help="GGUF files, or label=path.gguf; the first is the reference (typically the base)")
@@ -546,7 +539,7 @@ def main(argv: list[str] | None = None) -> dict:
     if missing:
         raise EvalIrisError(f"no such GGUF file: {', '.join(missing)}")
 
-    from training.run import record_envelope
+    from labcore.records import record_envelope
 
     test_rows = load_test_rows(args.test_file)
     inputs = build_inputs(test_rows, course_topics(test_rows), args.quizzes, args.drills, args.plans, args.feedback, args.seed)
@@ -558,8 +551,8 @@ def main(argv: list[str] | None = None) -> dict:
     record["generation"] = {tool: logic.settings(tool) for tool in ("quiz", "mixed_drill", "study_plan", "feedback")}
     record["generation_note"] = ("Iris's logic.settings(tool) exactly, as iris/app.py's _generate passes them; each request also gets a "
                                  "sampling seed (inputs[*][*].seed, the same for every model) and a full prompt evaluation (no KV-cache prefix reuse), so reruns repeat")
-    record["inputs"] = {"test_file": args.test_file, "test_file_sha256": _sha256(Path(args.test_file)), **inputs}
-    from iris.gguf_runtime import load_llama
+    record["inputs"] = {"test_file": args.test_file, "test_file_sha256": cached_sha256(Path(args.test_file)), **inputs}
+    from labcore.gguf import load_llama
 
     t0 = time.time()
     models = []
@@ -594,7 +587,7 @@ def main(argv: list[str] | None = None) -> dict:
             gc.collect()
     record.update(models=models, comparison=compare(models), wall_seconds=round(time.time() - t0, 1))
     record["status"] = "completed" if any(m.get("status") == "completed" for m in models) else "failed"
-    from training.run import write_report
+    from labcore.records import write_report
 
     md = write_report(Path(args.out), record, markdown)
     print(f"[{SCRIPT}] report {args.out} and {md}", flush=True)

@@ -234,7 +234,7 @@ def training_facts(root: Path, c: Candidate, trained_now: dict) -> dict:
 
 
 def render(out: Path, root: Path) -> None:
-    from training.run import write_report
+    from labcore.records import write_report
 
     report = json.loads(out.read_text())
     for c in CANDIDATES:
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
 
     out = Path(args.out)
     report = evaluate("eval_recipes", sources, settings_from_args(args), out, argv, finish=finish, jobs=args.jobs)
-    from training.run import write_report
+    from labcore.records import write_report
 
     write_report(out, report, markdown)  # the recipe table replaces evaluate()'s generic one
     print(f"[eval_recipes] winner: {report['pick'].get('winner')}; table {out.with_suffix('.md')}")

@@ -5,7 +5,7 @@
 * ``rouge_l``: ROUGE-L F1 over lower-cased word tokens (longest common subsequence; no stemming, as rouge-score's
   default).
 * ``leaks``: meta-instruction phrases, role headers and chat special tokens in an answer
-  (``training.dataset_utils.leak_hits``).
+  (``labcore.text.leak_hits``).
 * ``ended_by_itself``: the answer stopped on an end-of-turn token rather than at the token limit.
 * ``masked_nll``: summed negative log-likelihood of the assistant tokens of one conversation, from per-position
   logits of either backend (PyTorch or llama.cpp), so both score exactly the same token ids.
@@ -101,7 +101,7 @@ def rouge_l(candidate: str, reference: str) -> float:
 
 def leaks(answer: str) -> list[str]:
     """Names of the leak patterns in an answer: meta-instruction phrases and ``role_or_special_token``."""
-    from training.dataset_utils import leak_hits
+    from labcore.text import leak_hits
 
     return leak_hits(answer)
 

@@ -11,9 +11,7 @@ tokenizer and chat template of the run (or its base), and llama.cpp evaluates th
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import sys
 import time
 import traceback
@@ -21,51 +19,23 @@ from pathlib import Path
 
 from evaluation import metrics
 from evaluation.common import REPO, Settings, Source, summarize_answers
+from labcore.io import cached_sha256, write_json
+from labcore.threads import default_threads
 
 # llama.cpp's general.file_type values for the quantizations this project meets
 FILE_TYPES = {"0": "F32", "1": "F16", "2": "Q4_0", "3": "Q4_1", "7": "Q8_0", "8": "Q5_0", "9": "Q5_1", "15": "Q4_K_M", "17": "Q5_K_M", "18": "Q6_K", "32": "BF16"}
-SHA_CACHE = Path(os.environ.get("PEFTLAB_CACHE", REPO / ".cache")) / "sha256.json"
-
-
-# ------------------------------------------------------------------------------------------------- hashes
-def file_sha256(path: Path) -> str | None:
-    """sha256 of a file, cached by path, size and modification time (model files are hashed once)."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    try:
-        cache = json.loads(SHA_CACHE.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key in cache:
-        return cache[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    cache[key] = h.hexdigest()
-    try:
-        SHA_CACHE.parent.mkdir(parents=True, exist_ok=True)
-        tmp = SHA_CACHE.with_name(f".{SHA_CACHE.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(cache, indent=1))
-        os.replace(tmp, SHA_CACHE)
-    except OSError:
-        pass
-    return cache[key]
 
 
 def folder_hashes(folder: str | None, patterns=("*.safetensors", "*.gguf", "*.bin")) -> dict | None:
     if not folder:
         return None
-    return {p.name: file_sha256(p) for pat in patterns for p in sorted(Path(folder).glob(pat))}
+    return {p.name: cached_sha256(p) for pat in patterns for p in sorted(Path(folder).glob(pat))}
 
 
 def provenance(src: Source) -> dict:
     out = {"base_sha256": folder_hashes(src.base_path) if src.format == "pytorch" else None,
            "adapter_sha256": folder_hashes(src.adapter_dir, ("adapter_model.safetensors",)),
-           "gguf_sha256": file_sha256(Path(src.gguf_path)) if src.gguf_path else None, "run_record": None}
+           "gguf_sha256": cached_sha256(Path(src.gguf_path)) if src.gguf_path else None, "run_record": None}
     if src.base_path and (Path(src.base_path) / "materialized.json").exists():
         out["base_materialized_from"] = json.loads((Path(src.base_path) / "materialized.json").read_text())
     if src.run:
@@ -81,7 +51,7 @@ def provenance(src: Source) -> dict:
 
 # ------------------------------------------------------------------------------------------------- backends
 def _threads(settings: Settings) -> int:
-    return settings.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return settings.threads or default_threads()
 
 
 def _stop_ids(tokenizer, extra=()) -> set[int]:
@@ -191,7 +161,7 @@ class GGUFModel:
     def __init__(self, src: Source, settings: Settings, n_ctx: int):
         from transformers import AutoTokenizer
 
-        from iris.gguf_runtime import load_llama, verdict
+        from labcore.gguf import load_llama, verdict
 
         self.settings, self.src, self.load_llama = settings, src, load_llama
         self.tokenizer = AutoTokenizer.from_pretrained(src.tokenizer_dir)
@@ -359,9 +329,7 @@ def main(argv: list[str]) -> int:
     except Exception as e:
         traceback.print_exc()
         result = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    tmp.write_text(json.dumps(result, default=str))
-    os.replace(tmp, out_path)
+    write_json(out_path, result, indent=None)
     return 0 if result["status"] == "completed" else 1
 
 

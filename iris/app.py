@@ -25,6 +25,8 @@ import gradio as gr
 from gradio.components.chatbot import ChatbotDataMessages
 from pydantic import model_validator
 
+from labcore.io import write_text
+
 try:
     from iris import bank, grammars, logic, models, plan, tasks
 except ImportError:  # run as a script or as a Space: the modules sit beside this file
@@ -189,9 +191,7 @@ def cheat_sheet(model_key, topics):
     if result["status"] != "ok":
         return _status(result), None
     path = FILES / f"cheat_sheet_{logic.slug(' '.join(topic_list))}_{os.getpid()}_{id(result)}.md"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(result["markdown"], encoding="utf-8")
-    os.replace(tmp, path)  # atomic: a download never sees half a file
+    write_text(path, result["markdown"])  # atomic: a download never sees half a file
     return (_status(result) + "\n\n" if result["leak_flags"] else "") + result["markdown"], str(path)
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
-import tempfile
 from functools import lru_cache
 from pathlib import Path
+
+from labcore.io import write_text
 
 try:
     from iris import logic
@@ -121,10 +121,7 @@ def main(argv=None) -> None:
     rows = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()]
     bank = build(rows)
     out = Path(args.out)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(bank, f, indent=1, ensure_ascii=False)
-    os.replace(tmp, out)
+    write_text(out, json.dumps(bank, indent=1, ensure_ascii=False))
     n = sum(len(t["questions"]) for t in bank["topics"].values())
     print(f"[bank] {n} questions on {len(bank['topics'])} topics -> {out} ({out.stat().st_size // 1024} KiB)")
 

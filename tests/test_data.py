@@ -13,6 +13,7 @@ from conftest import run_script
 
 from iris import prompts, tasks
 from iris.prompts import SYSTEM_PROMPTS
+from labcore.text import meta_hits
 from tools import build_datasets, data_report, kb_check
 from training import dataset_utils as du
 
@@ -45,7 +46,7 @@ def test_exam_training_file_meets_the_dataset_bar():
                 grading_turn = r["kind"] in ("quiz_grade", "drill_grade") and i == len(r["messages"]) - 1
                 assert (15 if grading_turn else 40) <= len(m["content"].split()) <= 300, r["id"]
             else:
-                assert not du.meta_hits(m["content"]), r["id"]
+                assert not meta_hits(m["content"]), r["id"]
     verdicts = collections.Counter(r["messages"][-1]["content"].split(".")[0] for r in rows if r["kind"] == "feedback")
     assert set(verdicts) == {"Verdict: correct", "Verdict: partly correct", "Verdict: wrong"}
 

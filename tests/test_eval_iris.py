@@ -203,7 +203,7 @@ def test_evaluate_model_drives_iris_tasks_with_iris_settings():
 
 
 def test_main_writes_json_and_markdown(tmp_path, monkeypatch, capsys):
-    import iris.gguf_runtime
+    import labcore.gguf
 
     good, bad = tmp_path / "good.gguf", tmp_path / "bad-model.gguf"
     good.write_bytes(b"GGUF")
@@ -215,7 +215,7 @@ def test_main_writes_json_and_markdown(tmp_path, monkeypatch, capsys):
         loaded.append(FakeLlama(GOOD if "good" in str(path) else BAD))
         return loaded[-1]
 
-    monkeypatch.setattr(iris.gguf_runtime, "load_llama", fake_load)
+    monkeypatch.setattr(labcore.gguf, "load_llama", fake_load)
     out = tmp_path / "res" / "eval_iris.json"
     E.main([f"ref={good}", str(bad), "--quizzes", "2", "--drills", "1", "--plans", "1", "--feedback", "1", "--threads", "1", "--out", str(out)])
     record = json.loads(out.read_text())
@@ -237,12 +237,12 @@ def test_main_writes_json_and_markdown(tmp_path, monkeypatch, capsys):
 
 
 def test_grammar_both_runs_each_request_in_both_modes_back_to_back(tmp_path, monkeypatch):
-    import iris.gguf_runtime
+    import labcore.gguf
 
     good = tmp_path / "good.gguf"
     good.write_bytes(b"GGUF")
     loaded = []
-    monkeypatch.setattr(iris.gguf_runtime, "load_llama", lambda path, **kw: loaded.append(FakeLlama(GOOD)) or loaded[-1])
+    monkeypatch.setattr(labcore.gguf, "load_llama", lambda path, **kw: loaded.append(FakeLlama(GOOD)) or loaded[-1])
     out = tmp_path / "eval_iris.json"
     E.main([f"m={good}", "--quizzes", "2", "--drills", "1", "--plans", "0", "--feedback", "0", "--grammar", "both", "--out", str(out)])
     record = json.loads(out.read_text())

@@ -221,7 +221,7 @@ def test_two_greedy_runs_give_identical_answers_and_seeded_sampling_repeats(tiny
 def test_gguf_perplexity_matches_pytorch_on_the_same_tokens(embedded_model_dir):
     """The embedded Q4_1 GGUF and its dequantised PyTorch checkpoint score the same token ids almost identically."""
     from evaluation.worker import GGUFModel, TorchModel, perplexity_rows
-    from training.models import embedded_gguf
+    from labcore.gguf import embedded_gguf
 
     settings = Settings(ppl_limit=2, threads=2)
     torch_model = TorchModel(resolve_spec("base:smollm2-135m"), settings)

@@ -61,7 +61,7 @@ def test_export_writes_every_file_and_the_parity_checks_pass(exported):
 
 
 def test_quantized_files_generate_in_this_process(exported):
-    from iris.gguf_runtime import load_llama
+    from labcore.gguf import load_llama
 
     out, _ = exported
     for quant in ("q8_0", "q4_k_m"):

@@ -33,7 +33,7 @@ def running_iris(gguf_dir: Path, log: Path, cap: int = 6):
 
 @pytest.fixture(scope="module")
 def iris(tmp_path_factory):
-    from training.models import embedded_gguf
+    from labcore.gguf import embedded_gguf
 
     folder = tmp_path_factory.mktemp("gguf_export")
     run = "smollm2-135m-lora-exam"

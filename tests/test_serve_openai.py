@@ -1,5 +1,5 @@
 """tools/serve_openai.py serves the embedded Q4_1 GGUF through llama-cpp-python's OpenAI server, and the `openai`
-client talks to it; the stock ``python -m llama_cpp.server`` behaves on this machine as iris/gguf_runtime predicts
+client talks to it; the stock ``python -m llama_cpp.server`` behaves on this machine as labcore/gguf predicts
 (on a GCC 12 pip build with AMX: SIGSEGV on the first request)."""
 
 from __future__ import annotations
@@ -98,8 +98,7 @@ def test_stock_server_on_a_quantized_gguf_behaves_as_gguf_runtime_predicts(tmp_p
     """docs/serving.md's measurement, repeated (about 2 s): plain ``python -m llama_cpp.server`` with the Q4_1 GGUF."""
     if os.environ.get("IRIS_GGUF_REPACK") in ("0", "1"):
         pytest.skip("IRIS_GGUF_REPACK forces gguf_runtime's verdict; this test compares with the measured one")
-    from iris.gguf_runtime import verdict
-    from training.models import embedded_gguf
+    from labcore.gguf import embedded_gguf, verdict
 
     crashes = not verdict()["repack"]
     port = free_port()

@@ -126,7 +126,7 @@ def test_a_failed_export_is_one_clear_error_and_leaves_no_cached_file(tmp_path, 
 def test_the_shipped_adapter_merges_and_answers_in_llama_cpp(tmp_path):
     """The real path a fresh clone takes: export (verification included) into a cache, then generate."""
     from iris import models
-    from iris.gguf_runtime import load_llama
+    from labcore.gguf import load_llama
 
     path = models.merged_gguf(SHIPPED, cache=tmp_path / "cache")
     manifest = json.loads(next(path.parent.glob("*.manifest.json")).read_text())

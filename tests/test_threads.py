@@ -1,4 +1,4 @@
-"""The thread rule of iris/gguf_runtime.py (fake CPU readings), its hooks in load_llama and ModelPool.use, and the
+"""The thread rule of labcore/gguf.py (fake CPU readings), its hooks in load_llama and ModelPool.use, and the
 benchmark's contention section in its quick mode (report shape only: no speed is asserted)."""
 
 import json
@@ -8,7 +8,8 @@ import threading
 import pytest
 from conftest import run_script
 
-from iris import gguf_runtime as rt
+from labcore import gguf
+from labcore import threads as rt
 
 
 @pytest.mark.parametrize(("others", "cores", "threads"), [
@@ -127,26 +128,26 @@ class FakeLlm:
 def test_generation_threads_applies_the_rule_to_auto_models_only(monkeypatch):
     mon, clock = fake_monitor({100.0: (0.0, 0.0, 0)})
     monkeypatch.setattr(rt, "_monitor", mon)
-    monkeypatch.setattr(rt, "physical_cores", lambda: 2)
+    monkeypatch.setattr(gguf, "physical_cores", lambda: 2)
     calls = []
 
     def fake_set(llm, n, nb=None):
         calls.append(n)
         llm.n_threads = llm.n_threads_batch = n
 
-    monkeypatch.setattr(rt, "set_threads", fake_set)
+    monkeypatch.setattr(gguf, "set_threads", fake_set)
     monkeypatch.setattr(mon, "others_busy", lambda block=True: 1.0)
     auto, fixed, foreign = FakeLlm("auto"), FakeLlm("fixed"), object()
-    with rt.generation_threads(auto) as llm:
+    with gguf.generation_threads(auto) as llm:
         assert llm is auto and auto.n_threads == 1
-    with rt.generation_threads(fixed):
+    with gguf.generation_threads(fixed):
         assert fixed.n_threads == 2
-    with rt.generation_threads(foreign) as llm:
+    with gguf.generation_threads(foreign) as llm:
         assert llm is foreign
     assert calls == [1]
     assert [g[2] for g in mon._gens] == [1, 2] and all(g[1] is not None for g in mon._gens)
     monkeypatch.setattr(mon, "others_busy", lambda block=True: 0.1)
-    with rt.generation_threads(auto):
+    with gguf.generation_threads(auto):
         assert auto.n_threads == 2
 
 
@@ -175,7 +176,7 @@ def test_model_pool_sets_threads_around_each_generation(monkeypatch):
         def __exit__(self, *exc):
             seen.append(("exit", self.llm))
 
-    monkeypatch.setattr(rt, "generation_threads", Hook)
+    monkeypatch.setattr(gguf, "generation_threads", Hook)
     entries = {"m": ModelEntry("m", "M", path=__file__)}
     pool = ModelPool(entries=entries, loader=lambda path, n_ctx: "llm")
     with pool.use("m") as llm:
@@ -187,24 +188,24 @@ def test_load_llama_threads_on_a_real_model(monkeypatch):
     """The embedded model: default load is "auto" and generation_threads changes the llama.cpp context's counts."""
     import llama_cpp
 
-    from training.models import embedded_gguf
+    from labcore.gguf import embedded_gguf
 
     monkeypatch.delenv("IRIS_N_THREADS", raising=False)
-    llm = rt.load_llama(embedded_gguf(), n_ctx=128)
+    llm = gguf.load_llama(embedded_gguf(), n_ctx=128)
     assert llm.iris_threads == "auto"
     mon = rt.monitor()
     monkeypatch.setattr(mon, "others_busy", lambda block=True: 5.0)  # everything busy: one thread
-    with rt.generation_threads(llm):
+    with gguf.generation_threads(llm):
         assert llama_cpp.llama_n_threads(llm.ctx) == 1 and llama_cpp.llama_n_threads_batch(llm.ctx) == 1
         out = llm.create_completion("Hello", max_tokens=2)
     assert out["choices"][0]["text"] is not None
     if rt.physical_cores() > 1:
         monkeypatch.setattr(mon, "others_busy", lambda block=True: 0.0)
-        with rt.generation_threads(llm):
+        with gguf.generation_threads(llm):
             assert llama_cpp.llama_n_threads(llm.ctx) == rt.physical_cores()
     monkeypatch.setenv("IRIS_N_THREADS", "1")
-    assert rt.load_llama(embedded_gguf(), n_ctx=128).iris_threads == "fixed"
-    assert rt.load_llama(embedded_gguf(), n_ctx=128, n_threads=1).iris_threads == "fixed"
+    assert gguf.load_llama(embedded_gguf(), n_ctx=128).iris_threads == "fixed"
+    assert gguf.load_llama(embedded_gguf(), n_ctx=128, n_threads=1).iris_threads == "fixed"
 
 
 def test_monitor_is_one_per_process():

@@ -24,10 +24,10 @@ prompt, greedy; decode tokens/s = (tokens - 1) / (time of the last token - time 
 bandwidth and GEMM FLOP/s (fp32, bf16) at the model's shapes; decode is compared with bandwidth / bytes per token,
 LoRA training with GEMM FLOP/s / (4 x params).
 Contention (threads): the GGUF (the run's Q4_K_M; --gguf) loaded once with Iris's default threads (the rule in
-iris/gguf_runtime.py, re-applied before each generation as Iris does) and once per fixed count 1..physical cores,
+labcore/gguf.py, re-applied before each generation as Iris does) and once per fixed count 1..physical cores,
 idle, beside one busy loop (another process at equal priority) and beside one busy loop per core; settings
 interleaved, the order rotated each repeat. Each condition records the load average and the CPU other processes
-used (iris.gguf_runtime's monitor): an idle or one-loop condition that finds more than 0.3 CPU of outside load waits
+used (labcore.gguf's monitor): an idle or one-loop condition that finds more than 0.3 CPU of outside load waits
 15 s and looks again before measuring, at most 8 times (not in --quick), and the report says so. Per setting: medians
 of prompt and decode tokens/s and their ratio to the best fixed count; a collapsed setting's generation stops after
 8 tokens once it has decoded for 10 s. --contention writes benchmark_contention.json/.md instead.
@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 RUN = "smollm2-135m-lora-exam"
 
-from iris.gguf_runtime import physical_cores  # noqa: E402  (the thread rule's core count; stdlib only)
+from labcore.threads import physical_cores  # noqa: E402  (the thread rule's core count; stdlib only)
 
 
 def median(xs):
@@ -229,7 +229,7 @@ def worker_infer(args) -> dict:
                          "decode_tokens_per_s": (n_new - 1) / (stamps.times[-1] - stamps.times[1])})
         prompt_len = ids.shape[1]
     else:
-        from iris.gguf_runtime import load_llama
+        from labcore.gguf import load_llama
 
         llm = load_llama(args.model_path, n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads, flash_attn=args.flash_attn == "1")
         ids = llm.tokenize(f"<|im_start|>user\n{prompt_text}<|im_end|>\n<|im_start|>assistant\n".encode(), add_bos=False, special=True)
@@ -271,20 +271,21 @@ def stop(procs) -> None:
 
 def worker_contention(args) -> dict:
     """Iris's default thread count against every fixed count, idle and beside busy loops (see the module docstring)."""
-    from iris import gguf_runtime as rt
-    from training.run import cpu_model
+    from labcore import gguf
+    from labcore import threads as rule
+    from labcore.hardware import cpu_model
 
-    cores = rt.physical_cores()
+    cores = rule.physical_cores()
     n_new, settle, wait, tries = args.new_tokens, (0.3 if args.quick else 1.5), 15.0, (1 if args.quick else 8)
-    llms = {"default": rt.load_llama(args.model_path, n_ctx=1024)}
-    llms.update({str(k): rt.load_llama(args.model_path, n_ctx=1024, n_threads=k, n_threads_batch=k) for k in range(1, cores + 1)})
+    llms = {"default": gguf.load_llama(args.model_path, n_ctx=1024)}
+    llms.update({str(k): gguf.load_llama(args.model_path, n_ctx=1024, n_threads=k, n_threads_batch=k) for k in range(1, cores + 1)})
     question = "Explain the difference between a feature pipeline, a training pipeline and an inference pipeline, with an example."
     notes = " ".join(f"Note {i}: a feature pipeline writes features, a training pipeline reads them and writes a model, and an "
                      "inference pipeline reads both." for i in range(1, 6))  # a prompt long enough to time (~150 tokens)
     ids = llms["default"].tokenize(f"<|im_start|>user\n{notes}\n{question}<|im_end|>\n<|im_start|>assistant\n".encode(), add_bos=False, special=True)
 
     def generate(llm) -> dict:
-        with rt.generation_threads(llm):  # what iris.models.ModelPool.use does around each generation
+        with gguf.generation_threads(llm):  # what iris.models.ModelPool.use does around each generation
             llm.reset()
             stamps, t = [], time.perf_counter()
             for _tok in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0):
@@ -305,7 +306,7 @@ def worker_contention(args) -> dict:
             for attempt in range(1, tries + 1):  # outside load: wait and look again, before measuring
                 procs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(loops)]
                 time.sleep(settle)
-                others_before = rt.monitor().others_busy()
+                others_before = rule.monitor().others_busy()
                 outside = None if others_before is None else max(0.0, others_before - loops)
                 attempts.append({"others_busy_before": others_before, "outside_load": outside, "load_average": os.getloadavg()})
                 if outside is None or outside <= OUTSIDE_LOAD or loops >= cores or attempt == tries:
@@ -343,8 +344,8 @@ def worker_contention(args) -> dict:
         }
     worst = min(c["default_vs_best"] for c in conditions.values())
     return {
-        "model": str(args.model_path), "cpu_model": cpu_model(), "physical_cores": cores, "cpus": len(rt._cpu_ids()),
-        "rule": f"threads = clamp(floor(cores - others_busy + {rt.THREAD_SLACK}), 1, cores), before each generation",
+        "model": str(args.model_path), "cpu_model": cpu_model(), "physical_cores": cores, "cpus": len(rule._cpu_ids()),
+        "rule": f"threads = clamp(floor(cores - others_busy + {rule.THREAD_SLACK}), 1, cores), before each generation",
         "iris_n_threads": os.environ.get("IRIS_N_THREADS"), "prompt_tokens": len(ids), "new_tokens": n_new, "repeats": args.repeats,
         "settings": list(llms), "conditions": conditions, "default_vs_best_min": worst, "within_20_percent": worst >= 0.8,
     }
@@ -430,7 +431,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny random model and few steps: checks the machinery in seconds")
     ap.add_argument("--run", default=RUN, help="run whose GGUF exports are benchmarked (gguf_export/<run>_*.gguf)")
     ap.add_argument("--threads", type=int, default=physical_cores(), help="threads of every configuration but the contention "
-                    "section's (default: iris.gguf_runtime.physical_cores, the thread rule's count on an idle machine)")
+                    "section's (default: labcore.threads.physical_cores, the thread rule's count on an idle machine)")
     ap.add_argument("--repeats", type=int, default=3, help="measured repeats per inference configuration (>= 3)")
     ap.add_argument("--steps", type=int, default=6, help="measured training steps per configuration")
     ap.add_argument("--warmup", type=int, default=1, help="training steps excluded as warm-up")
@@ -464,7 +465,8 @@ def main(argv=None) -> int:
     if args.repeats < 3:
         sys.exit("error: --repeats must be at least 3 (medians of at least 3 repeats)")
 
-    from training.run import record_envelope, write_json
+    from labcore.io import write_json
+    from labcore.records import record_envelope
 
     if args.contention:
         return contention_only(args)
@@ -491,7 +493,7 @@ def main(argv=None) -> int:
         "torch_fp32": spawn("infer", args, backend="torch", dtype="float32", model_path=model_path, label="torch_fp32", **infer),
         "torch_bf16": spawn("infer", args, backend="torch", dtype="bfloat16", model_path=model_path, label="torch_bf16", **infer),
         **{f"gguf_{q}": spawn("infer", args, backend="gguf", model_path=p, label=f"gguf_{q}", flash_attn=1, **infer) for q, p in ggufs.items()},
-        # llama-cpp-python's own default (iris.gguf_runtime.load_llama turns flash attention on)
+        # llama-cpp-python's own default (labcore.gguf.load_llama turns flash attention on)
         "gguf_q4_k_m_no_flash_attn": spawn("infer", args, backend="gguf", model_path=ggufs["q4_k_m"], label="gguf_q4_k_m_no_flash_attn", flash_attn=0, **infer),
     }
     report["contention"] = spawn("contention", args, model_path=args.gguf or ggufs["q4_k_m"], label="contention", **infer)
@@ -507,8 +509,9 @@ def main(argv=None) -> int:
 
 
 def contention_only(args) -> int:
-    from training.models import embedded_gguf
-    from training.run import record_envelope, write_json
+    from labcore.gguf import embedded_gguf
+    from labcore.io import write_json
+    from labcore.records import record_envelope
 
     gguf = args.gguf or REPO / "gguf_export" / f"{args.run}_q4_k_m.gguf"
     if args.quick and not args.gguf:

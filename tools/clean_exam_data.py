@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from training.dataset_utils import META_PATTERNS, strip_meta
+from labcore.text import META_PATTERNS, strip_meta
 
 USER_ROLES = {"user", "human"}
 

@@ -40,8 +40,9 @@ from pathlib import Path
 
 from iris import logic, prompts
 from iris import plan as iris_plan
+from labcore.text import meta_hits  # noqa: E402
 from tools.kb_check import right_is_longest
-from training.dataset_utils import REPO, _problem, meta_hits
+from training.dataset_utils import REPO, _problem
 
 TOOL_OF_KIND = prompts.TOOL_OF_KIND
 MCQ_KINDS = ("quiz", "quiz_grade", "drill", "drill_grade")

@@ -60,7 +60,7 @@ def newer(output: Path, *inputs: Path) -> bool:
 
 def decode_speed(path: Path, tokens: int = 64) -> float:
     """Decode tokens/s of one GGUF on a fixed prompt, greedy, fixed length (ignore_eos) so length does not confound it."""
-    from iris.gguf_runtime import load_llama
+    from labcore.gguf import load_llama
 
     llm = load_llama(path, n_ctx=512)
     prompt = llm.tokenize(b"Explain what a feature store is.", add_bos=True)

@@ -32,9 +32,10 @@ import sys
 import time
 from pathlib import Path
 
-from training.config import find_adapter
-from training.models import sha256_file as sha256
-from training.run import REPO, record_envelope, write_json
+from labcore.io import sha256_file as sha256
+from labcore.io import write_json
+from labcore.records import record_envelope
+from training.config import REPO, find_adapter
 
 QUANTS = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
           "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
@@ -255,7 +256,7 @@ def verify(run: str, out_dir: Path, merged_dir: Path, manifest: dict, items: int
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from iris.gguf_runtime import load_llama, verdict
+    from labcore.gguf import load_llama, verdict
 
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()

@@ -18,7 +18,7 @@ GGUF_NAME=SmolLM2-135M-Instruct.Q4_1.gguf
 
 case "${1:-}" in
 prepare)
-  gguf=$(.venv/bin/python -c "from training.models import embedded_gguf; print(embedded_gguf())")
+  gguf=$(.venv/bin/python -c "from labcore.gguf import embedded_gguf; print(embedded_gguf())")
   mkdir -p .whl .xfer/a .xfer/b .xfer/c
   .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \

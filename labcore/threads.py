@@ -1,16 +1,5 @@
-"""Load GGUF models in llama-cpp-python safely on every CPU, and fast where that is safe.
-
-Known hazard: llama-cpp-python compiled by pip with GCC 12 and native flags on a CPU with AMX (Sapphire Rapids and
-later) builds ggml's AMX backend with a broken tile configuration, and every quantized GGUF dies with SIGSEGV on
-its first inference. Loading with ``use_extra_bufts = false`` (llama.cpp's ``--no-repack``) avoids the AMX buffers.
-
-``load_llama`` decides once per machine and build: on a CPU without AMX, or a ggml build without AMX, nothing
-changes (the fast path). Otherwise a one-off probe decodes two tokens with a quantized GGUF in a subprocess; if
-the probe crashes, models load with the extra buffers disabled. The verdict is cached next to the models, keyed by
-the library file and the CPU flags. ``IRIS_GGUF_REPACK=1`` or ``0`` forces either path.
-
-Threads: one rule, ``threads_for(others_busy, cores)``, for every GGUF that Iris or the benchmark runs. Decode and
-prompt threads (llama.cpp's ``n_threads`` and ``n_threads_batch``) get the same count::
+"""The project's one thread-count rule, ``threads_for(others_busy, cores)``: for every GGUF that Iris, evaluation, export or
+the benchmark runs, and for torch in training and evaluation (``torch_threads``). Decode and prompt threads (llama.cpp's ``n_threads`` and ``n_threads_batch``) get the same count::
 
     threads = clamp(floor(cores - others_busy + 0.6), 1, cores)
 
@@ -27,7 +16,7 @@ vs 34; another engineer's llama.cpp evaluation using one CPU 50 vs 0.5. Prompt t
 no faster under load than the default (0.5 vs 0.5 tokens/s): with OpenMP the pool's polling does not run the barriers.
 
 A model that ``load_llama`` loads without ``n_threads`` follows the rule before each generation
-(``generation_threads(llm)``, which ``iris.models.ModelPool.use`` wraps around every generation): a sampler thread
+(``labcore.gguf.generation_threads(llm)``, which ``iris.models.ModelPool.use`` wraps around every generation): a sampler thread
 reads ``/proc/stat`` every 0.25 s. While this process generates, its threads squeeze the others (and are squeezed):
 when the CPUs were saturated and our k threads got clearly less than k CPUs, the others' share is scaled up by k over
 what we got, and their mean count of runnable threads (procs_running less ours) is a floor: what they want, not what
@@ -36,118 +25,21 @@ our threads left them.
 ``default_threads()`` is the rule's answer now, for callers that pick one count for a whole run.
 ``python tools/benchmark.py --contention`` measures the default against every fixed count, idle and under busy loops.
 
-    python -m iris.gguf_runtime          # print the verdict and the thread rule's answer for this machine
+    python -m labcore.threads            # print the thread rule's answer for this machine
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-CACHE = Path(os.environ.get("PEFTLAB_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
-_patch_lock = threading.Lock()
-_verdict: dict | None = None
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def _library_key() -> str:
-    import llama_cpp
-
-    lib = next(Path(llama_cpp.__file__).parent.glob("lib/libggml-cpu*"), None) or Path(llama_cpp.__file__)
-    stat = lib.stat()
-    flags = " ".join(sorted(f for f in _cpu_flags() if f.startswith(("amx", "avx512"))))
-    probe = hashlib.sha256(_PROBE.encode()).hexdigest()[:8]  # a changed probe decides again
-    return hashlib.sha256(f"{llama_cpp.__version__}|{lib}|{stat.st_size}|{stat.st_mtime_ns}|{flags}|{probe}".encode()).hexdigest()[:16]
-
-
-_PROBE = r"""
-import sys
-from llama_cpp import Llama
-# A batched prompt evaluation (the AMX kernels run on batches: scoring and long prompts) and a short decode.
-llm = Llama(model_path=sys.argv[1], n_ctx=128, n_batch=128, n_ubatch=128, n_threads=2, logits_all=True, verbose=False)
-llm.eval(llm.tokenize(b"The quick brown fox jumps over the lazy dog. " * 6))
-llm.create_completion("Hello", max_tokens=2)
-print("probe-ok")
-"""
-
-
-def verdict() -> dict:
-    """``{"repack": bool, "reason": str}``: whether the default (repacking, AMX-capable) path is safe here."""
-    global _verdict
-    if _verdict is not None:
-        return _verdict
-    forced = os.environ.get("IRIS_GGUF_REPACK")
-    if forced in ("0", "1"):
-        _verdict = {"repack": forced == "1", "reason": f"forced by IRIS_GGUF_REPACK={forced}"}
-        return _verdict
-    import llama_cpp
-
-    info = llama_cpp.llama_print_system_info().decode(errors="replace")
-    if "amx_tile" not in _cpu_flags() or "AMX" not in info:
-        _verdict = {"repack": True, "reason": "no AMX in this CPU or this ggml build: default path"}
-        return _verdict
-    cache = CACHE / "gguf_runtime.json"
-    key = _library_key()
-    try:
-        cached = json.loads(cache.read_text())
-        if cached.get("key") == key:
-            _verdict = cached["verdict"]
-            return _verdict
-    except (OSError, ValueError, KeyError):
-        pass
-    from training.models import embedded_gguf  # a quantized (Q4_1) GGUF that ships with the project
-
-    r = subprocess.run([sys.executable, "-c", _PROBE, str(embedded_gguf())], capture_output=True, text=True, timeout=300)
-    if r.returncode == 0 and "probe-ok" in r.stdout:
-        _verdict = {"repack": True, "reason": "AMX build passed the quantized-GGUF probe: default path"}
-    else:
-        _verdict = {"repack": False, "reason": f"AMX build crashed on a quantized GGUF (exit {r.returncode}): loading with use_extra_bufts=false"}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"key": key, "verdict": _verdict}, indent=2))
-    return _verdict
-
-
-@contextlib.contextmanager
-def _no_extra_bufts():
-    """llama-cpp-python 0.3.36's ``Llama()`` has no argument for it: patch the default model params while loading."""
-    import llama_cpp.llama as llama_module
-
-    lib = llama_module.llama_cpp
-    original = lib.llama_model_default_params
-
-    def patched():
-        params = original()
-        params.use_extra_bufts = False
-        return params
-
-    with _patch_lock:
-        lib.llama_model_default_params = patched
-        try:
-            yield
-        finally:
-            lib.llama_model_default_params = original
-
-
-# ------------------------------------------------------------------------------------------------ threads
 THREAD_SLACK = 0.6  # measured: on 2 cores, 2 threads win while others use up to about 0.6 of a core
 WINDOW_S = 1.0  # the estimate looks this far back
 MIN_WINDOW_S = 0.25  # and never less
@@ -331,7 +223,7 @@ def monitor() -> CpuMonitor:
         return _monitor
 
 
-def _env_threads() -> int | None:
+def env_threads() -> int | None:
     value = os.environ.get("IRIS_N_THREADS", "").strip()
     return int(value) if value and int(value) > 0 else None
 
@@ -339,63 +231,15 @@ def _env_threads() -> int | None:
 def default_threads() -> int:
     """The thread count for a run that picks one: ``IRIS_N_THREADS``, else the rule on the last second's CPU use
     (the first call waits up to 0.25 s for a measurement)."""
-    return _env_threads() or threads_for(monitor().others_busy(), physical_cores())
+    return env_threads() or threads_for(monitor().others_busy(), physical_cores())
 
 
-def set_threads(llm, n_threads: int, n_threads_batch: int | None = None) -> None:
-    """Change a loaded model's decode and prompt threads (llama.cpp's ``llama_set_n_threads``) in place."""
-    import llama_cpp
-
-    n_threads_batch = n_threads_batch or n_threads
-    llama_cpp.llama_set_n_threads(llm.ctx, n_threads, n_threads_batch)
-    llm.n_threads, llm.n_threads_batch = n_threads, n_threads_batch
-    llm.context_params.n_threads, llm.context_params.n_threads_batch = n_threads, n_threads_batch
-
-
-@contextlib.contextmanager
-def generation_threads(llm):
-    """Wrap one generation (prompt and decode) of ``llm``: a model ``load_llama`` loaded with the default threads gets
-    the rule's count now, one loaded with a fixed count keeps it; both are recorded so the monitor can tell this
-    process's load from the others'. Objects ``load_llama`` did not make pass through unchanged."""
-    mode = getattr(llm, "iris_threads", None)
-    if mode not in ("auto", "fixed"):
-        yield llm
-        return
-    mon = monitor()
-    if mode == "auto":
-        k = threads_for(mon.others_busy(), physical_cores())
-        if k != llm.n_threads or k != llm.n_threads_batch:
-            set_threads(llm, k)
-    gen = mon.begin(llm.n_threads)
-    try:
-        yield llm
-    finally:
-        mon.end(gen)
-
-def load_llama(model_path: str | os.PathLike, **kwargs):
-    """``llama_cpp.Llama`` that will not crash on this machine; unless given: ``verbose=False``, flash attention
-    (llama.cpp's own default is "auto"; llama-cpp-python's is off: on the 135M model it costs about a tenth of the
-    decode speed, ``python tools/benchmark.py`` measures both) and threads by the rule (``n_threads`` and
-    ``n_threads_batch`` alike: ``IRIS_N_THREADS`` fixes them, otherwise ``generation_threads`` re-applies the rule
-    before each generation). ``llm.iris_threads`` says which: "auto" or "fixed"."""
-    from llama_cpp import Llama
-
-    kwargs.setdefault("verbose", False)
-    kwargs.setdefault("flash_attn", True)
-    auto = kwargs.get("n_threads") is None and _env_threads() is None
-    if kwargs.get("n_threads") is None:
-        kwargs["n_threads"] = default_threads()
-    if kwargs.get("n_threads_batch") is None:
-        kwargs["n_threads_batch"] = kwargs["n_threads"]
-    safe = not verdict()["repack"]
-    with _no_extra_bufts() if safe else contextlib.nullcontext():
-        llm = Llama(model_path=str(model_path), **kwargs)
-    llm.iris_safe_mode = safe
-    llm.iris_threads = "auto" if auto else "fixed"
-    return llm
+def torch_threads(explicit: int | None = None, world: int = 1) -> int:
+    """Threads for torch (training, evaluation): ``explicit`` when given, else the rule's count shared by ``world``
+    processes of a distributed launch."""
+    return explicit or max(1, default_threads() // max(1, world))
 
 
 if __name__ == "__main__":
-    others = monitor().others_busy()
-    print(json.dumps({**verdict(), "physical_cores": physical_cores(), "others_busy": others,
-                      "threads": default_threads(), "IRIS_N_THREADS": os.environ.get("IRIS_N_THREADS")}, indent=2))
+    print(json.dumps({"physical_cores": physical_cores(), "others_busy": monitor().others_busy(), "threads": default_threads(),
+                      "IRIS_N_THREADS": os.environ.get("IRIS_N_THREADS")}, indent=2))
