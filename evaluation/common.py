@@ -95,19 +95,15 @@ class Source:
 
 
 # ------------------------------------------------------------------------------------------------- specs
-def train_script(run: str) -> Path:
-    return REPO / "training" / f"train_{run.replace('-', '_').replace('.', '_')}.py"
-
-
 def export_command(run: str) -> str:
     return f"python tools/export_to_gguf.py {run}"
 
 
 def run_record(root: Path, run: str) -> dict | None:
     """The run record saved with the adapter, else the one in training_logs/."""
-    from training.config import find_adapter
+    from training.config import RunPaths, find_adapter
 
-    for path in (find_adapter(run, root) / "run_record.json", root / "training_logs" / f"{run}.json"):
+    for path in (find_adapter(run, root) / "run_record.json", RunPaths(run, Path(root)).record):
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError):
@@ -148,7 +144,7 @@ def resolve_spec(spec: str, root: Path = REPO) -> Source:
 
 
 def _resolve_run(run: str, root: Path) -> Source:
-    from training.config import find_adapter
+    from training.config import find_adapter, train_command, train_script
 
     adapter = find_adapter(run, root)
     script = train_script(run)
@@ -158,14 +154,14 @@ def _resolve_run(run: str, root: Path) -> Source:
             raise EvalError(f"unknown run name {run!r}: no adapter in {adapter} and no training/{script.name}. "
                             f"Runs with scripts: {', '.join(known[:6])}, ... (or use base:<model> or a .gguf file)")
         return Source(run, run, "pytorch", run=run, adapter_dir=str(adapter),
-                      missing=f"adapter {adapter} is missing", command=f"python training/{script.name}")
+                      missing=f"adapter {adapter} is missing", command=train_command(run))
     record = run_record(root, run) or {}
     cfg = record.get("config", {})
     base = cfg.get("model")
     if not base:
         return Source(run, run, "pytorch", run=run, adapter_dir=str(adapter),
                       missing=f"{adapter}/run_record.json is missing or names no base model (config.model)",
-                      command=f"python training/{script.name}")
+                      command=train_command(run))
     src = Source(run, run, "pytorch", base=base, adapter_dir=str(adapter), run=run, tokenizer_dir=str(adapter),
                  method="qlora" if cfg.get("load_in_4bit") else "lora")
     src.base_path, why = _resolve_base(base)

@@ -355,3 +355,30 @@ def test_real_embedded_model_trains_two_steps(exam_file, tmp_path):
     record = json.loads((tmp_path / "training_logs" / "smollm2-135m-lora-exam.json").read_text())
     assert record["status"] == "completed" and math.isfinite(record["final_train_loss"])
     assert record["parameters"]["total"] > 130_000_000
+
+
+def test_names_and_paths_come_from_one_place(tmp_path):
+    from training.config import RunPaths, TrainConfig, run_name, train_command, train_script
+
+    cfg = TrainConfig(model="llama-3.2-1b", load_in_4bit=True, data="finetome", root=str(tmp_path))
+    assert cfg.name == run_name("llama-3.2-1b", "qlora", "finetome") == "llama-3.2-1b-qlora-finetome"
+    assert train_script(cfg.name).name == "train_llama_3_2_1b_qlora_finetome.py" and train_script(cfg.name).exists()
+    assert train_command(cfg.name) == "python training/train_llama_3_2_1b_qlora_finetome.py"
+    paths = RunPaths(cfg.name, tmp_path)
+    assert (cfg.checkpoint_dir, cfg.adapter_dir, cfg.record_path) == (paths.checkpoints, paths.trained_adapter, paths.record)
+    # a run named after a local checkpoint folder: the command names a script that exists, with --model
+    local = tmp_path / "tiny-llama"
+    local.mkdir()
+    name = TrainConfig(model=str(local), data="finetome").name
+    assert name == "tiny-llama-lora-finetome" and not train_script(name).exists()
+    cmd = train_command(name)
+    assert cmd.startswith("python training/train_smollm2_135m_lora_finetome.py --model ") and (REPO / cmd.split()[1]).exists()
+
+
+def test_a_bad_value_is_a_usage_error_naming_the_flag(capsys):
+    from training.config import TrainConfig
+    from training.run import run
+
+    with pytest.raises(SystemExit) as e:
+        run(TrainConfig(), ["--lm_head", "fast"])
+    assert e.value.code == 2 and "lm_head must be auto, onepass or trl" in capsys.readouterr().err

@@ -35,7 +35,7 @@ from pathlib import Path
 from labcore.io import sha256_file as sha256
 from labcore.io import write_json
 from labcore.records import record_envelope
-from training.config import REPO, find_adapter
+from training.config import REPO, find_adapter, train_command
 
 QUANTS = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
           "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
@@ -73,7 +73,7 @@ def resolve_adapter(target: str) -> tuple[Path, dict, str]:
     path = Path(target)
     adapter = path if path.is_dir() else find_adapter(target)
     if not adapter.is_dir():
-        raise ExportError(f"no adapter for {target!r}: {adapter} does not exist. Train it first, e.g. python training/train_{target.replace('-', '_').replace('.', '_')}.py")
+        raise ExportError(f"no adapter for {target!r}: {adapter} does not exist. Train it first: {train_command(target)}")
     for f in ("adapter_config.json", "adapter_model.safetensors"):
         if not (adapter / f).exists():
             raise ExportError(f"{adapter} is not a complete adapter: {f} is missing. Re-run the training script that wrote it.")

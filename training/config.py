@@ -16,14 +16,75 @@ DATASETS = ("finetome", "exam", "finetome-exam")
 SHIPPED_ADAPTERS = REPO / "adapters"
 
 
+# ------------------------------------------------------------------------------------------ names and paths
+# The one place where run names, script names and paths are derived; training, evaluation and export all use it.
+def run_name(model: str, method: str, data: str) -> str:
+    """``<model>-<lora|qlora>-<data>``; a local checkpoint folder counts by its folder name."""
+    model = Path(model).name if Path(model).is_dir() else model
+    return f"{model}-{method}-{data}"
+
+
+def train_script(run: str) -> Path:
+    """``training/train_<run>.py`` with dashes and dots as underscores (may not exist: see ``train_command``)."""
+    return REPO / "training" / f"train_{run.replace('-', '_').replace('.', '_')}.py"
+
+
+def train_command(run: str) -> str:
+    """What trains ``run``: its script, or for a run named after a local checkpoint, the embedded model's script of the
+    same method and data with ``--model``."""
+    script = train_script(run)
+    if script.exists():
+        return f"python training/{script.name}"
+    for data in sorted(DATASETS, key=len, reverse=True):
+        for method in ("qlora", "lora"):
+            if run.endswith(f"-{method}-{data}"):
+                model = run.removesuffix(f"-{method}-{data}")
+                return f"python {train_script(run_name('smollm2-135m', method, data)).relative_to(REPO)} --model <the {model} checkpoint folder>"
+    return f"a training script with --run_name {run} (no training/{script.name} exists)"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Every path of run ``name`` under ``root``."""
+
+    name: str
+    root: Path = REPO
+
+    @property
+    def checkpoints(self) -> Path:
+        return Path(self.root) / "checkpoints" / self.name
+
+    @property
+    def trained_adapter(self) -> Path:
+        return Path(self.root) / "models" / self.name
+
+    @property
+    def shipped_adapter(self) -> Path:
+        return SHIPPED_ADAPTERS / self.name
+
+    @property
+    def adapter(self) -> Path:
+        """The adapter to use: ``models/<run>/`` (what training writes, so a local retrain wins), else the shipped
+        ``adapters/<run>/``; the models/ path when neither exists."""
+        if not (self.trained_adapter / "adapter_config.json").exists() and (self.shipped_adapter / "adapter_config.json").exists():
+            return self.shipped_adapter
+        return self.trained_adapter
+
+    @property
+    def log_dir(self) -> Path:
+        return Path(self.root) / "training_logs"
+
+    @property
+    def record(self) -> Path:
+        return self.log_dir / f"{self.name}.json"
+
+    @property
+    def steps(self) -> Path:
+        return self.log_dir / f"{self.name}.jsonl"
+
+
 def find_adapter(run: str, root: Path | str = REPO) -> Path:
-    """Where the adapter of ``run`` lives: ``<root>/models/<run>/`` (what training writes, so a local retrain wins),
-    else the shipped ``adapters/<run>/``. Returns the models/ path when neither exists."""
-    trained = Path(root) / "models" / run
-    shipped = SHIPPED_ADAPTERS / run
-    if not (trained / "adapter_config.json").exists() and (shipped / "adapter_config.json").exists():
-        return shipped
-    return trained
+    return RunPaths(run, Path(root)).adapter
 
 
 @dataclass
@@ -118,8 +179,7 @@ class TrainConfig:
 
     @property
     def name(self) -> str:
-        model = Path(self.model).name if Path(self.model).is_dir() else self.model
-        return self.run_name or f"{model}-{self.method}-{self.data}"
+        return self.run_name or run_name(self.model, self.method, self.data)
 
     @property
     def stage1_name(self) -> str:
@@ -128,24 +188,28 @@ class TrainConfig:
 
     # Every path derives from the run name.
     @property
+    def paths(self) -> RunPaths:
+        return RunPaths(self.name, Path(self.root))
+
+    @property
     def checkpoint_dir(self) -> Path:
-        return Path(self.output_dir) if self.output_dir else Path(self.root) / "checkpoints" / self.name
+        return Path(self.output_dir) if self.output_dir else self.paths.checkpoints
 
     @property
     def adapter_dir(self) -> Path:
-        return Path(self.root) / "models" / self.name
+        return self.paths.trained_adapter
 
     @property
     def stage1_adapter_dir(self) -> Path:
-        return Path(self.root) / "models" / self.stage1_name
+        return RunPaths(self.stage1_name, Path(self.root)).trained_adapter
 
     @property
     def log_dir(self) -> Path:
-        return Path(self.root) / "training_logs"
+        return self.paths.log_dir
 
     @property
     def record_path(self) -> Path:
-        return self.log_dir / f"{self.name}.json"
+        return self.paths.record
 
 
 # Stage 1, general instructions (the original: 40,000 FineTome samples, 2 epochs, lr 2e-4, accumulation 4-8).

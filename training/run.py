@@ -19,11 +19,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from labcore.cli import parse
 from labcore.hardware import cpu_flags
 from labcore.io import atomic_path, write_json
 from labcore.records import record_envelope
 from labcore.threads import torch_threads
-from training.config import REPO, TrainConfig
+from training.config import REPO, TrainConfig, run_name, train_script
 
 CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
 
@@ -34,13 +35,8 @@ class RunError(RuntimeError):
 
 # ----------------------------------------------------------------------------------------------- command line
 def parse_cli(config: TrainConfig, argv: list[str] | None = None) -> TrainConfig:
-    """The declared config becomes the defaults of an HfArgumentParser over the same dataclass."""
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(TrainConfig, description=(sys.modules["__main__"].__doc__ or "").strip() or None)
-    parser.set_defaults(**asdict(config))
-    (parsed,) = parser.parse_args_into_dataclasses(args=argv)
-    return parsed
+    """The declared config becomes the defaults of the same dataclass as a command line (``labcore.cli``)."""
+    return parse(config, argv)
 
 
 def resolve_precision(cfg: TrainConfig) -> str:
@@ -186,10 +182,7 @@ def run(config: TrainConfig, argv: list[str] | None = None) -> Path:
     from training.dataset_utils import DataError
     from training.models import ModelUnavailable
 
-    try:
-        cfg = parse_cli(config, argv)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    cfg = parse_cli(config, argv)  # a bad value is a usage error naming the flag
     try:
         return train(cfg)
     except (ModelUnavailable, DataError, RunError) as e:
@@ -207,7 +200,7 @@ def stage1_command(cfg: TrainConfig) -> str:
     if main.name.endswith("_finetome_exam.py"):
         script = main.with_name(main.name.replace("_finetome_exam.py", "_finetome.py"))
     else:
-        script = REPO / "training" / f"train_{cfg.stage1_name.replace('-', '_').replace('.', '_')}.py"
+        script = train_script(cfg.stage1_name)
     shown = script.relative_to(Path.cwd()) if script.is_relative_to(Path.cwd()) else script  # as the user would type it
     extra = "".join(f" --{k} {v}" for k, v in (("model", cfg.model), ("root", cfg.root)) if v and str(v) != str(getattr(TrainConfig, k, None)))
     return f"python {shown}{extra}"
@@ -216,8 +209,8 @@ def stage1_command(cfg: TrainConfig) -> str:
 def train(cfg: TrainConfig) -> Path:
     from training.models import resolve_model
 
-    embedded_script = f"python training/train_smollm2_135m_{cfg.method}_{cfg.data.replace('-', '_')}.py"
-    model_path = resolve_model(cfg.model, offline_alternative=embedded_script)
+    embedded_script = train_script(run_name("smollm2-135m", cfg.method, cfg.data)).relative_to(REPO)
+    model_path = resolve_model(cfg.model, offline_alternative=f"python {embedded_script}")
     stage1 = cfg.stage1_adapter_dir
     if cfg.data == "finetome-exam" and not (stage1 / "adapter_config.json").exists():
         raise RunError(f"{cfg.name} continues the stage-1 adapter {stage1}, which does not exist: run {stage1_command(cfg)} first.")
@@ -332,7 +325,7 @@ def train(cfg: TrainConfig) -> Path:
 
     record = record_envelope("train", cfg.name, {**asdict(cfg), "run_name": cfg.name, "method": cfg.method})
     record.update({
-        "paths": {"checkpoints": str(cfg.checkpoint_dir), "adapter": str(cfg.adapter_dir), "log": str(cfg.log_dir / f"{cfg.name}.jsonl")},
+        "paths": {"checkpoints": str(cfg.checkpoint_dir), "adapter": str(cfg.adapter_dir), "log": str(cfg.paths.steps)},
         "model_source": str(model_path),
         "resolved": {"precision": precision, "optimizer": optim, "device": device, "notes": notes,
                      "activation_checkpointing": cfg.checkpointing, "padding_free": cfg.uses_padding_free(device), "attention": model.config._attn_implementation, "lm_head": lm_head,
