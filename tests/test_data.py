@@ -14,7 +14,7 @@ from conftest import run_script
 from iris import prompts, tasks
 from iris.prompts import SYSTEM_PROMPTS
 from labcore.text import meta_hits
-from tools import build_datasets, data_report, kb_check
+from tools import build_datasets, clean_exam_data, data_report, kb_check
 from training import dataset_utils as du
 
 TRAIN, TEST, GENERAL = du.EXAM_DATA, du.EXAM_TEST_DATA, du.GENERAL_DATA
@@ -220,14 +220,15 @@ def test_clean_removes_meta_phrases_reports_them_and_is_idempotent(tmp_path):
 def test_clean_refuses_to_overwrite_its_input_and_names_bad_lines(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", [conv("Briefly explain GGUF.")])
     before = src.read_text()
-    r = run_script("tools/clean_exam_data.py", str(src), str(src))
-    assert r.returncode != 0 and "--in-place" in r.stderr and src.read_text() == before
-    r = run_script("tools/clean_exam_data.py", str(src), str(src), "--in-place")
-    assert r.returncode == 0 and "Explain GGUF." in src.read_text()
+    with pytest.raises(SystemExit, match="--in_place") as e:
+        clean_exam_data.main([str(src), str(src)])
+    assert src.read_text() == before
+    assert clean_exam_data.main([str(src), str(src), "--in_place"]) == 0 and "Explain GGUF." in src.read_text()
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(conv("q")) + "\n{oops\n")
-    r = run_script("tools/clean_exam_data.py", str(bad), str(tmp_path / "o.jsonl"))
-    assert r.returncode != 0 and "bad.jsonl:2" in r.stderr and not (tmp_path / "o.jsonl").exists()
+    with pytest.raises(SystemExit, match="bad.jsonl:2") as e:
+        clean_exam_data.main([str(bad), str(tmp_path / "o.jsonl")])
+    assert e.value.code != 0 and not (tmp_path / "o.jsonl").exists()
 
 
 # ------------------------------------------------------------------ report
@@ -253,13 +254,13 @@ def test_report_figures_on_planted_problems(tmp_path):
     assert {f.split(" =")[0] for f in failed} >= {"exact_duplicate_rate", "role_error_rate", "empty_turn_rate", "meta_instruction_rate", "test_overlap_rate"}
 
 
-def test_report_flags_a_file_shaped_like_the_original(tmp_path):
+def test_report_flags_a_file_shaped_like_the_original(tmp_path, capsys):
     answers = [f"Canned answer {i}: this text is reused over and over." for i in range(45)]
     rows = [conv(f"Briefly compare topic {i % 331} and topic {(i + 1) % 331}.", answers[i % 331 % 45]) for i in range(6521)]
     path = write_jsonl(tmp_path / "original_like.jsonl", rows)
-    r = run_script("tools/data_report.py", str(path), "--no-tokens", "--out", str(tmp_path / "rep.json"))
-    assert r.returncode == 1
-    assert "near_duplicate_answer_rate" in r.stdout and "distinct_answer_ratio" in r.stdout and "meta_instruction_rate" in r.stdout
+    assert data_report.main([str(path), "--no_tokens", "--out", str(tmp_path / "rep.json")]) == 1
+    out = capsys.readouterr().out
+    assert "near_duplicate_answer_rate" in out and "distinct_answer_ratio" in out and "meta_instruction_rate" in out
     rep = json.loads((tmp_path / "rep.json").read_text())
     assert rep["distinct_answers"] == 45 and rep["unique_conversations"] == 331
 
@@ -270,7 +271,7 @@ def test_shipped_files_pass_the_report_gates(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert (tmp_path / "train.png").stat().st_size > 1000
     # multi-turn general conversations run longer (7% over 512 tokens); the trainer truncates them and counts them
-    r = run_script("tools/data_report.py", str(GENERAL), "--out", str(tmp_path / "general.json"), "--max-over-length", "0.08")
+    r = run_script("tools/data_report.py", str(GENERAL), "--out", str(tmp_path / "general.json"), "--max_over_length", "0.08")
     assert r.returncode == 0, r.stdout + r.stderr
 
 

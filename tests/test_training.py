@@ -305,31 +305,48 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_model_dir, exam_
     assert len(begins) == 2 and begins[1]["resumed"] and begins[1]["step"] >= 8
 
 
+def script_error(script: str, argv: list[str]) -> str:
+    """Run a training script's ``run(CONFIG, argv)`` in this process; the one-line error it exits with."""
+    spec = importlib.util.spec_from_file_location("script_under_test", REPO / "training" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # defines CONFIG; run() is behind the __main__ guard
+    from training.run import run
+
+    with pytest.raises(SystemExit) as e:
+        run(module.CONFIG, argv)
+    assert isinstance(e.value.code, str) and e.value.code.startswith("error: ") and "\n" not in e.value.code
+    return e.value.code
+
+
 def test_resume_refuses_only_damaged_checkpoints(tiny_model_dir, exam_file, tmp_path):
     ckpt = tmp_path / "checkpoints" / "tiny-llama-lora-exam" / "checkpoint-4"
     ckpt.mkdir(parents=True)
     (ckpt / "adapter_model.safetensors").write_bytes(b"x")  # no trainer_state.json
-    r = run_script("training/train_smollm2_135m_lora_exam.py", *tiny_args(tiny_model_dir, exam_file, tmp_path, "--max_steps", "2", "--resume"))
-    assert r.returncode != 0
-    assert "no complete checkpoint" in r.stderr and "Traceback" not in r.stderr
-    r = run_script("training/train_smollm2_135m_lora_exam.py", *tiny_args(tiny_model_dir, exam_file, tmp_path, "--max_steps", "2"))
-    assert r.returncode != 0 and "pass --resume" in r.stderr
+    err = script_error("train_smollm2_135m_lora_exam.py", tiny_args(tiny_model_dir, exam_file, tmp_path, "--max_steps", "2", "--resume"))
+    assert "no complete checkpoint" in err
+    err = script_error("train_smollm2_135m_lora_exam.py", tiny_args(tiny_model_dir, exam_file, tmp_path, "--max_steps", "2"))
+    assert "pass --resume" in err
 
 
 def test_stage2_needs_its_stage1_adapter(tiny_model_dir, exam_file, tmp_path):
+    err = script_error("train_smollm2_135m_lora_finetome_exam.py", tiny_args(tiny_model_dir, exam_file, tmp_path, "--max_steps", "1"))
+    assert "tiny-llama-lora-finetome" in err  # the adapter it looked for, and a command that exists to make it:
+    assert f"run python training/train_smollm2_135m_lora_finetome.py --model {tiny_model_dir} --root {tmp_path} first" in err
+    assert (REPO / "training" / "train_smollm2_135m_lora_finetome.py").exists()
+
+
+def test_stage2_error_from_its_script_names_the_sibling_script(tiny_model_dir, exam_file, tmp_path):
+    """As a user runs it (a fresh interpreter): the command is the running script's FineTome sibling."""
     r = run_script("training/train_smollm2_135m_lora_finetome_exam.py", *tiny_args(tiny_model_dir, exam_file, tmp_path, "--max_steps", "1"))
-    assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert "tiny-llama-lora-finetome" in r.stderr  # the adapter it looked for, and a command that exists to make it:
+    assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert f"run python training/train_smollm2_135m_lora_finetome.py --model {tiny_model_dir} --root {tmp_path} first" in r.stderr
 
 
-def test_offline_llama_script_fails_with_one_clear_message():
-    r = run_script("training/train_llama_3_2_1b_lora_finetome.py", "--max_steps", "1", env={"HF_HUB_OFFLINE": "1"}, timeout=120)
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr
-    assert "meta-llama/Llama-3.2-1B-Instruct" in r.stderr and "licence" in r.stderr
-    assert "train_smollm2_135m_lora_finetome.py" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+def test_offline_llama_script_fails_with_one_clear_message(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    err = script_error("train_llama_3_2_1b_lora_finetome.py", ["--max_steps", "1"])
+    assert "meta-llama/Llama-3.2-1B-Instruct" in err and "licence" in err
+    assert "train_smollm2_135m_lora_finetome.py" in err
 
 
 @pytest.mark.slow
@@ -382,3 +399,24 @@ def test_a_bad_value_is_a_usage_error_naming_the_flag(capsys):
     with pytest.raises(SystemExit) as e:
         run(TrainConfig(), ["--lm_head", "fast"])
     assert e.value.code == 2 and "lm_head must be auto, onepass or trl" in capsys.readouterr().err
+
+
+def test_fsdp_config_passes_accelerates_launcher_and_qlora_stores_shardable_weights(monkeypatch):
+    """training/fsdp.yaml as `accelerate launch --config_file` reads it (its own validation: e.g. RAM-efficient loading
+    needs synced module states), and QLoRA under that launcher stores 4-bit weights in the compute dtype."""
+    import torch
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    from training.config import TrainConfig
+    from training.run import quantization_config
+
+    args = launch_command_parser().parse_args(["--config_file", str(REPO / "training" / "fsdp.yaml"), "training/train_llama_3_2_3b_qlora_exam.py"])
+    _validate_launch_command(args)
+    env = prepare_multi_gpu_env(args)
+    assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2" and args.mixed_precision == "bf16"
+    qlora = TrainConfig(load_in_4bit=True)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert quantization_config(qlora, torch.bfloat16).bnb_4bit_quant_storage == torch.uint8  # bitsandbytes' default
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", env["ACCELERATE_USE_FSDP"])
+    assert quantization_config(qlora, torch.bfloat16).bnb_4bit_quant_storage == torch.bfloat16

@@ -2,7 +2,7 @@
 from the user turns of an exam-format (or ShareGPT / messages) JSONL file.
 
     python tools/clean_exam_data.py IN.jsonl OUT.jsonl
-    python tools/clean_exam_data.py data/my_exam.jsonl data/my_exam.jsonl --in-place   # overwrite, explicitly
+    python tools/clean_exam_data.py data/my_exam.jsonl data/my_exam.jsonl --in_place   # overwrite, explicitly
 
 Prints how many turns each pattern changed. Idempotent: cleaning a cleaned file changes nothing. Lines keep their
 order and every field other than the user turns' text; a line that is not valid JSON stops the run with its number.
@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import sys
 from pathlib import Path
 
+from labcore.io import write_text
 from labcore.text import META_PATTERNS, strip_meta
 
 USER_ROLES = {"user", "human"}
@@ -49,9 +49,7 @@ def clean_file(src: Path, dst: Path) -> collections.Counter:
                 raise SystemExit(f"error: {src}:{lineno}: bad JSON ({e.msg}); nothing was written") from None
             lines.append(json.dumps(clean_row(row, counts), ensure_ascii=False))
             counts["rows"] += 1
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, dst)  # atomic: the input survives a crash even with --in-place
+    write_text(dst, "\n".join(lines) + "\n")  # atomic: the input survives a crash even with --in_place
     return counts
 
 
@@ -59,12 +57,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("input", type=Path)
     ap.add_argument("output", type=Path)
-    ap.add_argument("--in-place", action="store_true", help="allow OUTPUT to be the INPUT file")
+    ap.add_argument("--in_place", action="store_true", help="allow OUTPUT to be the INPUT file")
     args = ap.parse_args(argv)
     if not args.input.exists():
         sys.exit(f"error: {args.input}: file not found")
     if args.output.resolve() == args.input.resolve() and not args.in_place:
-        sys.exit(f"error: refusing to overwrite the input {args.input}; pass --in-place to allow it, or choose another output")
+        sys.exit(f"error: refusing to overwrite the input {args.input}; pass --in_place to allow it, or choose another output")
     counts = clean_file(args.input, args.output)
     print(f"{counts['rows']} rows, {counts['turns changed']} user turns changed -> {args.output}")
     for name, _, _ in META_PATTERNS:

@@ -1,12 +1,12 @@
 """Data-quality report for any supported dataset file (exam format, ShareGPT, OpenAI messages).
 
     python tools/data_report.py data/id2223_exam_prep_full.jsonl --test data/id2223_exam_prep_test.jsonl
-    python tools/data_report.py data/general_instructions.jsonl --max-tokens 512 --model smollm2-135m
-    python tools/data_report.py some.jsonl --no-tokens --max-near-dup 0.05      # gates are flags
+    python tools/data_report.py data/general_instructions.jsonl --max_tokens 512 --model smollm2-135m
+    python tools/data_report.py some.jsonl --no_tokens --max_near_dup 0.05      # gates are flags
 
 Reports rows, unique conversations, distinct final answers, exact and near-duplicate rates (equal after lower-casing
 and stripping punctuation), role-order errors, empty turns, meta-instruction rate in user turns, token lengths under
-the model's chat template with the share over --max-tokens, counts per kind and topic, and train/test overlap.
+the model's chat template with the share over --max_tokens, counts per kind and topic, and train/test overlap.
 
 Gates on what a fine-tune learns from the exam file (each applies where the file has the rows it needs):
   prompt_mismatch_rate   tool-shaped rows (quiz, feedback, plans, drills, Study Chat) whose request is not exactly
@@ -19,7 +19,7 @@ Gates on what a fine-tune learns from the exam file (each applies where the file
                          punctuation ignored, so "Step 1 - Find the 20%" and "Step 2 - Find the 5%" count as one)
   test_near_dup_rate     test questions whose best TF-IDF cosine (words and word pairs) against any training
                          question (user turns, quiz and drill questions) or any other test question reaches
-                         --near-dup-threshold (default 0.68: above it, pairs read as the same question reworded;
+                         --near_dup_threshold (default 0.68: above it, pairs read as the same question reworded;
                          the report lists the closest pairs). TF-IDF misses paraphrases with few shared words,
                          so read the top pairs too
 Prints a table, writes JSON and a length-histogram PNG (default: evaluation_results/data_report_<file>.json/.png),
@@ -40,6 +40,7 @@ from pathlib import Path
 
 from iris import logic, prompts
 from iris import plan as iris_plan
+from labcore.io import write_json  # noqa: E402
 from labcore.text import meta_hits  # noqa: E402
 from tools.kb_check import right_is_longest
 from training.dataset_utils import REPO, _problem
@@ -380,13 +381,13 @@ def main(argv=None) -> int:
     ap.add_argument("file", type=Path)
     ap.add_argument("--test", type=Path, help="held-out file: report questions/answers it shares with FILE")
     ap.add_argument("--model", default="smollm2-135m", help="tokenizer for token lengths (model-table key or folder)")
-    ap.add_argument("--no-tokens", action="store_true", help="skip token lengths (no tokenizer needed)")
-    ap.add_argument("--max-tokens", type=int, default=512)
-    ap.add_argument("--near-dup-threshold", type=float, default=NEAR_DUP_THRESHOLD,
+    ap.add_argument("--no_tokens", action="store_true", help="skip token lengths (no tokenizer needed)")
+    ap.add_argument("--max_tokens", type=int, default=512)
+    ap.add_argument("--near_dup_threshold", type=float, default=NEAR_DUP_THRESHOLD,
                     help=f"TF-IDF cosine at which a test question counts as a near-duplicate of a training one (default {NEAR_DUP_THRESHOLD})")
     ap.add_argument("--out", type=Path, help="JSON path (default evaluation_results/data_report_<name>.json); the PNG lies beside it")
     for name, (flag, default, direction) in GATES.items():
-        ap.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=float, default=default, help=f"gate: {direction} {name} (default {default})")
+        ap.add_argument(f"--{flag}", type=float, default=default, help=f"gate: {direction} {name} (default {default})")
     args = ap.parse_args(argv)
     if not args.file.exists():
         sys.exit(f"error: {args.file}: file not found")
@@ -401,7 +402,7 @@ def main(argv=None) -> int:
         png = out.with_suffix(".png")
         plot(lengths, args.max_tokens, f"{args.file.name}: {len(lengths)} conversations", png)
         rep["histogram"] = str(png)
-    out.write_text(json.dumps(rep, indent=2) + "\n")
+    write_json(out, rep)
     print_table(rep)
     print(f"  written: {out}")
     if rep["gates_failed"]:

@@ -38,8 +38,8 @@ def train_command(run: str) -> str:
     for data in sorted(DATASETS, key=len, reverse=True):
         for method in ("qlora", "lora"):
             if run.endswith(f"-{method}-{data}"):
-                model = run.removesuffix(f"-{method}-{data}")
-                return f"python {train_script(run_name('smollm2-135m', method, data)).relative_to(REPO)} --model <the {model} checkpoint folder>"
+                folder = f"<the {run.removesuffix(f'-{method}-{data}')} checkpoint folder>"
+                return f"python {train_script(run_name('smollm2-135m', method, data)).relative_to(REPO)} --model {folder}"
     return f"a training script with --run_name {run} (no training/{script.name} exists)"
 
 

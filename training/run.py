@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from labcore.cli import parse
@@ -77,11 +77,14 @@ def quantization_config(cfg: TrainConfig, compute_dtype):
         return None
     from transformers import BitsAndBytesConfig
 
+    # Under FSDP the packed 4-bit weights are stored in the compute dtype, so FSDP can flatten and shard them.
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype,
+        **({"bnb_4bit_quant_storage": compute_dtype} if fsdp else {}),
     )
 
 
@@ -189,24 +192,75 @@ def run(config: TrainConfig, argv: list[str] | None = None) -> Path:
         sys.exit(f"error: {e}")
 
 
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def stage1_command(cfg: TrainConfig) -> str:
     """The command that trains the stage-1 adapter a two-stage run needs: the running script's FineTome sibling (so a
     run on a local checkpoint names a script that exists), with the same --model and --root."""
     main = Path(getattr(sys.modules.get("__main__"), "__file__", None) or "")
     if main.name.endswith("_finetome_exam.py"):
         script = main.with_name(main.name.replace("_finetome_exam.py", "_finetome.py"))
-    else:
+    else:  # called from Python: the stage-1 run's script, or for a local checkpoint the embedded model's (with --model)
         script = train_script(cfg.stage1_name)
-    shown = script.relative_to(Path.cwd()) if script.is_relative_to(Path.cwd()) else script  # as the user would type it
+        if not script.exists():
+            script = train_script(run_name("smollm2-135m", cfg.method, "finetome"))
     extra = "".join(f" --{k} {v}" for k, v in (("model", cfg.model), ("root", cfg.root)) if v and str(v) != str(getattr(TrainConfig, k, None)))
+    shown = script.relative_to(Path.cwd()) if script.is_relative_to(Path.cwd()) else script  # as the user would type it
     return f"python {shown}{extra}"
 
 
+@dataclass
+class Setup:
+    """What this machine and config resolve to: precision, optimizer, device, and notes on any substitution."""
+
+    precision: str
+    optimizer: str
+    device: str
+    notes: list[str]
+
+    @property
+    def compute_dtype(self):
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.precision]
+
+
+@dataclass
+class Data:
+    """The run's conversations, tokenized: training and held-out sets with their length statistics."""
+
+    source: str
+    load_report: dict
+    template: str  # the training chat template (marks the assistant tokens that carry loss)
+    train_rows: list[dict]
+    train: list[dict]
+    held_out: list[dict]
+    length: dict
+    held_out_length: dict
+
+    def datasets(self):
+        from datasets import Dataset
+
+        return Dataset.from_list(self.train), (Dataset.from_list(self.held_out) if self.held_out else None)
+
+
 def train(cfg: TrainConfig) -> Path:
+    """Check the inputs (base model, stage-1 adapter, data, resume point) before the heavy imports; then resolve the
+    machine's settings, tokenize, build the model and trainer, train, and save the adapter with its run record."""
+    model_path = resolve_base(cfg)
+    rows, source, load_report = load_training_rows(cfg)  # before the heavy imports: a bad file fails in a second
+    snapshots = git_snapshots(cfg)
+    resume_from, restored_from = resume_point(cfg, snapshots)
+    setup = resolve_setup(cfg)
+    tokenizer = load_tokenizer(model_path)
+    data = prepare_data(cfg, rows, source, load_report, tokenizer)
+    model = build_model(cfg, model_path, setup.compute_dtype, setup.precision, setup.device)
+    trainer = build_trainer(cfg, model, tokenizer, data, setup, snapshots)
+    record = start_record(cfg, trainer, tokenizer, data, setup, model_path, restored_from or (str(resume_from) if resume_from else None))
+    result = train_with_record(cfg, trainer, record, resume_from)
+    return finish(cfg, trainer, tokenizer, record, result)
+
+
+def resolve_base(cfg: TrainConfig) -> str:
+    """The base checkpoint to load, and for a two-stage run, a check that its stage-1 adapter exists."""
     from training.models import resolve_model
 
     embedded_script = train_script(run_name("smollm2-135m", cfg.method, cfg.data)).relative_to(REPO)
@@ -214,42 +268,45 @@ def train(cfg: TrainConfig) -> Path:
     stage1 = cfg.stage1_adapter_dir
     if cfg.data == "finetome-exam" and not (stage1 / "adapter_config.json").exists():
         raise RunError(f"{cfg.name} continues the stage-1 adapter {stage1}, which does not exist: run {stage1_command(cfg)} first.")
-    rows, source, load_report = load_training_rows(cfg)  # before the heavy imports: a bad file fails in a second
-    resume_from = resumed_from = None
-    snapshots = git_snapshots(cfg)
-    if cfg.resume:
-        resume_from = find_resume_checkpoint(cfg.checkpoint_dir)
-        if resume_from is None and snapshots:
-            resume_from, resumed_from = restore_snapshot(cfg)
-        print(f"[resume] {'continuing from ' + str(resume_from) if resume_from else 'no checkpoint yet in ' + str(cfg.checkpoint_dir) + ': starting fresh'}")
-    elif any(cfg.checkpoint_dir.glob("checkpoint-*")):
-        raise RunError(f"{cfg.checkpoint_dir} already holds checkpoints: pass --resume to continue them, or delete the folder to start over.")
+    return model_path
 
+
+def resume_point(cfg: TrainConfig, snapshots: bool) -> tuple[Path | None, str | None]:
+    """With --resume, the newest complete checkpoint (restored from the git store when checkpoints/ is gone) and
+    where it was restored from; without it, a refusal to overwrite existing checkpoints."""
+    if not cfg.resume:
+        if any(cfg.checkpoint_dir.glob("checkpoint-*")):
+            raise RunError(f"{cfg.checkpoint_dir} already holds checkpoints: pass --resume to continue them, or delete the folder to start over.")
+        return None, None
+    resume_from, restored_from = find_resume_checkpoint(cfg.checkpoint_dir), None
+    if resume_from is None and snapshots:
+        resume_from, restored_from = restore_snapshot(cfg)
+    print(f"[resume] {'continuing from ' + str(resume_from) if resume_from else 'no checkpoint yet in ' + str(cfg.checkpoint_dir) + ': starting fresh'}")
+    return resume_from, restored_from
+
+
+def resolve_setup(cfg: TrainConfig) -> Setup:
+    """Threads and seed set; precision, optimizer and device chosen for this machine, each substitution noted."""
     import torch
-    from datasets import Dataset
-    from transformers import AutoTokenizer, set_seed
-    from trl import SFTConfig, SFTTrainer
-
-    from training import dataset_utils as du
-    from training.callbacks.logging_callback import ResourceUsageCallback
-    from training.chat_templates import template_hash, training_template
+    from transformers import set_seed
 
     set_threads(cfg)
     set_seed(cfg.seed)
-    precision = resolve_precision(cfg)
-    optim, optim_note = resolve_optimizer(cfg)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
-    notes = [optim_note] if optim_note else []
-    if cfg.load_in_4bit and compute_dtype == torch.float32 and device == "cpu":
-        notes.append("QLoRA compute in fp32 instead of bf16: this CPU has no bf16 support")
-    for n in notes:
+    optimizer, optim_note = resolve_optimizer(cfg)
+    setup = Setup(resolve_precision(cfg), optimizer, "cuda" if torch.cuda.is_available() else "cpu", [optim_note] if optim_note else [])
+    if cfg.load_in_4bit and setup.precision == "fp32" and setup.device == "cpu":
+        setup.notes.append("QLoRA compute in fp32 instead of bf16: this CPU has no bf16 support")
+    for n in setup.notes:
         print(f"[train] {n}")
+    return setup
 
-    # Tokenizer: the model's own chat template; a pad token distinct from the end-of-turn token, so the model
-    # learns to stop (a pad=eos setup masks the very token generation must end on).
+
+def load_tokenizer(model_path: str):
+    """The model's own tokenizer and chat template, with a pad token distinct from the end-of-turn token, so the
+    model learns to stop (a pad=eos setup masks the very token generation must end on)."""
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    serving_template = tokenizer.chat_template
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         for candidate in ("<|finetune_right_pad_id|>", "<pad>", "<|endoftext|>", "<unk>"):
             if candidate in tokenizer.get_vocab() and tokenizer.convert_tokens_to_ids(candidate) != tokenizer.eos_token_id:
@@ -257,26 +314,32 @@ def train(cfg: TrainConfig) -> Path:
                 break
         else:
             raise RunError(f"{model_path}: no pad token distinct from the end-of-turn token {tokenizer.eos_token!r}")
-    train_template = training_template(tokenizer)
+    return tokenizer
 
-    # Data (loaded and validated above): sample, hold out, count over-length conversations.
+
+def prepare_data(cfg: TrainConfig, rows: list[dict], source: str, load_report: dict, tokenizer) -> Data:
+    """Sample, hold out, and tokenize with the training template (loss on assistant tokens only); report lengths."""
+    from training import dataset_utils as du
+    from training.chat_templates import training_template
+
+    template = training_template(tokenizer)
     rows = du.sample(rows, cfg.num_samples, cfg.seed)
     train_rows, eval_rows = du.split_holdout(rows, cfg.holdout, cfg.seed) if cfg.holdout else (rows, [])
-    train_data, length_stats = du.tokenize_conversations(train_rows, tokenizer, train_template, cfg.max_length, cfg.over_length)
-    eval_data, eval_length_stats = du.tokenize_conversations(eval_rows, tokenizer, train_template, cfg.max_length, cfg.over_length)
-    if not train_data:
-        raise RunError(f"no training conversations left from {source} ({length_stats['summary']}; over_length={cfg.over_length})")
-    held_out = f"{len(eval_data)} held out" + (f" ({eval_length_stats['summary']})" if eval_length_stats["over_max_length"] else "")
-    print(f"[data] {len(train_data)} training conversations from {source}; {held_out}; {length_stats['summary']}; "
-          f"{length_stats['loss_tokens']} of {length_stats['tokens']} tokens carry loss")
-    train_ds = Dataset.from_list(train_data)
-    eval_ds = Dataset.from_list(eval_data) if eval_data else None
+    train, length = du.tokenize_conversations(train_rows, tokenizer, template, cfg.max_length, cfg.over_length)
+    held_out, held_out_length = du.tokenize_conversations(eval_rows, tokenizer, template, cfg.max_length, cfg.over_length)
+    if not train:
+        raise RunError(f"no training conversations left from {source} ({length['summary']}; over_length={cfg.over_length})")
+    shown = f"{len(held_out)} held out" + (f" ({held_out_length['summary']})" if held_out_length["over_max_length"] else "")
+    print(f"[data] {len(train)} training conversations from {source}; {shown}; {length['summary']}; "
+          f"{length['loss_tokens']} of {length['tokens']} tokens carry loss")
+    return Data(source, load_report, template, train_rows, train, held_out, length, held_out_length)
 
-    model = build_model(cfg, model_path, compute_dtype, precision, device)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
 
-    args = SFTConfig(
+def sft_config(cfg: TrainConfig, setup: Setup, has_eval: bool):
+    """TRL's SFTConfig for this run: the TrainConfig's schedule, this machine's precision and optimizer."""
+    from trl import SFTConfig
+
+    return SFTConfig(
         output_dir=str(cfg.checkpoint_dir),
         num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps,
@@ -287,72 +350,99 @@ def train(cfg: TrainConfig) -> Path:
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
-        optim=optim,
+        optim=setup.optimizer,
         # TRL defaults to activation checkpointing; build_model applies cfg.checkpointing instead (on for QLoRA).
         activation_checkpointing=False,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=not torch.cuda.is_available(),  # accelerate refuses bf16 on a bf16-capable CPU unless told it is a CPU run
+        bf16=setup.precision == "bf16",
+        fp16=setup.precision == "fp16",
+        use_cpu=setup.device == "cpu",  # accelerate refuses bf16 on a bf16-capable CPU unless told it is a CPU run
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
-        eval_strategy="steps" if eval_ds is not None else "no",
-        eval_steps=cfg.save_steps if eval_ds is not None else None,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=cfg.save_steps if has_eval else None,
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to=cfg.report_to,
         # Conversations arrive tokenised and truncated to max_length with their assistant masks (loss on assistant
         # tokens only, end-of-turn token included), so TRL neither re-tokenises nor truncates.
         max_length=None,
-        padding_free=cfg.uses_padding_free(device),
+        padding_free=cfg.uses_padding_free(setup.device),
         include_num_input_tokens_seen="non_padding",
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
-        dataloader_pin_memory=device == "cuda",  # pinned host memory only helps copies to a GPU
+        dataloader_pin_memory=setup.device == "cuda",  # pinned host memory only helps copies to a GPU
         disable_tqdm=False,
     )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        callbacks=[ResourceUsageCallback(cfg.log_dir, cfg.name)] + ([snapshot_callback(cfg)] if snapshots else []),
-    )
-    callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ResourceUsageCallback))
-    lm_head = apply_lm_head(cfg, trainer.model, device)
 
+
+def build_trainer(cfg: TrainConfig, model, tokenizer, data: Data, setup: Setup, snapshots: bool):
+    """TRL's SFTTrainer with the resource log (and git snapshots of checkpoints), and this run's loss head installed."""
+    from trl import SFTTrainer
+
+    from training.callbacks.logging_callback import ResourceUsageCallback
+
+    train_ds, eval_ds = data.datasets()
+    callbacks = [ResourceUsageCallback(cfg.log_dir, cfg.name)] + ([snapshot_callback(cfg)] if snapshots else [])
+    trainer = SFTTrainer(model=model, args=sft_config(cfg, setup, eval_ds is not None), train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer, callbacks=callbacks)
+    trainer.lm_head_choice = apply_lm_head(cfg, trainer.model, setup.device)
+    return trainer
+
+
+def start_record(cfg: TrainConfig, trainer, tokenizer, data: Data, setup: Setup, model_path: str, resumed_from: str | None) -> dict:
+    """The run record as training starts: config, resolved settings, data, templates and parameter counts."""
+    from training import dataset_utils as du
+    from training.chat_templates import template_hash
+
+    model = trainer.model
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
     record = record_envelope("train", cfg.name, {**asdict(cfg), "run_name": cfg.name, "method": cfg.method})
     record.update({
         "paths": {"checkpoints": str(cfg.checkpoint_dir), "adapter": str(cfg.adapter_dir), "log": str(cfg.paths.steps)},
         "model_source": str(model_path),
-        "resolved": {"precision": precision, "optimizer": optim, "device": device, "notes": notes,
-                     "activation_checkpointing": cfg.checkpointing, "padding_free": cfg.uses_padding_free(device), "attention": model.config._attn_implementation, "lm_head": lm_head,
-                     "world_size": int(os.environ.get("WORLD_SIZE", "1")), "resumed_from": resumed_from or (str(resume_from) if resume_from else None)},
-        "data": {"source": source, "train_conversations": len(train_data), "held_out": len(eval_data),
-                 "sha256": du.data_hash(train_rows), "load": load_report, "length": length_stats, "held_out_length": eval_length_stats},
-        "chat_template_sha256": template_hash(serving_template),
-        "training_chat_template_sha256": template_hash(train_template),
+        "resolved": {"precision": setup.precision, "optimizer": setup.optimizer, "device": setup.device, "notes": setup.notes,
+                     "activation_checkpointing": cfg.checkpointing, "padding_free": cfg.uses_padding_free(setup.device),
+                     "attention": model.config._attn_implementation, "lm_head": trainer.lm_head_choice,
+                     "world_size": int(os.environ.get("WORLD_SIZE", "1")), "resumed_from": resumed_from},
+        "data": {"source": data.source, "train_conversations": len(data.train), "held_out": len(data.held_out),
+                 "sha256": du.data_hash(data.train_rows), "load": data.load_report, "length": data.length, "held_out_length": data.held_out_length},
+        "chat_template_sha256": template_hash(tokenizer.chat_template),
+        "training_chat_template_sha256": template_hash(data.template),
         "parameters": {"trainable": trainable, "total": total, "trainable_pct": round(100 * trainable / total, 3)},
     })
     if cfg.data == "finetome-exam":
         record["continued_from"] = str(cfg.stage1_adapter_dir)
-    if _is_main():
+    if trainer.is_world_process_zero():
         write_json(cfg.record_path, record)
+    return record
+
+
+def train_with_record(cfg: TrainConfig, trainer, record: dict, resume_from: Path | None):
+    """``trainer.train``; an interruption or failure is written into the record (status, error) before it propagates."""
     t0 = time.time()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except BaseException as e:
-        if _is_main():
-            record.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed", error=f"{type(e).__name__}: {e}", wall_seconds=round(time.time() - t0, 2))
+        if trainer.is_world_process_zero():
+            record.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed", error=f"{type(e).__name__}: {e}",
+                          wall_seconds=round(time.time() - t0, 2))
             write_json(cfg.record_path, record)
         raise
+    record["wall_seconds"] = round(time.time() - t0, 2)
+    return result
+
+
+def finish(cfg: TrainConfig, trainer, tokenizer, record: dict, result) -> Path:
+    """The completed record (steps, losses, tokens, resources, held-out evaluation) and the adapter beside it."""
+    from training.callbacks.logging_callback import ResourceUsageCallback
 
     state = trainer.state
+    callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ResourceUsageCallback))
     record.update(
         status="completed",
-        wall_seconds=round(time.time() - t0, 2),
         global_step=state.global_step,
         epochs=state.epoch,
         final_train_loss=result.training_loss,
@@ -360,7 +450,7 @@ def train(cfg: TrainConfig) -> Path:
         tokens_seen=int(state.num_input_tokens_seen),
         resources=callback.summary(state),
     )
-    if eval_ds is not None:
+    if trainer.eval_dataset is not None:
         record["eval"] = trainer.evaluate()
     if trainer.is_world_process_zero():
         save_adapter(trainer, tokenizer, cfg.adapter_dir, record)
