@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from iris import plan as iris_plan  # noqa: E402  (plans come from Iris's own scheduler)
 from iris import prompts  # noqa: E402  (the prompts Iris sends)
+from labcore.io import write_text  # noqa: E402
 from tools.kb_check import check_all, words  # noqa: E402
 
 SOURCES = REPO / "data" / "sources"
@@ -443,9 +444,7 @@ def main(argv=None):
             if not path.exists() or path.read_text(encoding="utf-8") != text:
                 stale.append(path.name)
         else:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(path)
+            write_text(path, text)
             print(f"wrote {path.relative_to(REPO)}: {text.count(chr(10))} rows")
     if stale:
         sys.exit(f"error: {', '.join(stale)} differ from a rebuild: run python tools/build_datasets.py")
