@@ -28,10 +28,11 @@ def parse(config, argv: list[str] | None = None, description: str | None = None)
     return parsed
 
 
-def count_or_all(name: str, value: int | None) -> int | None:
-    """A count where None means all: a positive int, or None. 0 and negatives are refused, naming the flag."""
+def count_or_all(name: str, value: int | None, unset: str = "all") -> int | None:
+    """A count where None means ``unset`` (all, or a default): a positive int, or None. 0 and negatives are refused,
+    naming the flag, so 0 never silently means "all"."""
     if value is None:
         return None
     if isinstance(value, bool) or int(value) != value or value <= 0:
-        raise ValueError(f"--{name} {value}: give a positive count, or leave the flag out for all (0 no longer means all)")
+        raise ValueError(f"--{name} {value}: give a positive number, or leave the flag out for {unset}")
     return int(value)

@@ -219,7 +219,7 @@ def test_monitor_is_one_per_process():
 
 
 def test_contention_benchmark_quick_writes_its_report(tmp_path):
-    r = run_script("tools/benchmark.py", "--contention", "--quick", "--out", str(tmp_path), timeout=600)
+    r = run_script("tools/benchmark.py", "--contention", "--quick", "--out_dir", str(tmp_path), timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     rep = json.loads((tmp_path / "benchmark_contention.json").read_text())
     c = rep["contention"]
