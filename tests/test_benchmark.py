@@ -24,7 +24,7 @@ SAME_UPDATE_LOSS_RTOL = 1e-4
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--repeats", "2"], "--repeats 2: give at least 3"),
-    (["--threads", "0"], "--threads 0: give a positive count"),
+    (["--threads", "0"], "--threads 0: give a positive number"),
     (["--steps", "0"], "--steps 0: give a positive count"),
     (["--profile", "fastest"], "--profile fastest: give one of naive, default"),
     (["--lm_head", "trl"], "--attention and --lm_head go with --profile"),
