@@ -147,6 +147,95 @@ def test_packed_attention_equals_each_conversation_alone(tiny_model_dir):
     torch.testing.assert_close(a, b)
 
 
+def _reference_varlen(with_gqa: bool):
+    """A CPU stand-in with torch's ``varlen_attn`` signature (per-segment causal SDPA), so the CUDA path's plumbing
+    (layout, grouped heads, boundaries) runs here through the same code."""
+    import torch.nn.functional as F
+
+    def varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), **kw):
+        assert window_size == (-1, 0) and cu_q.dtype == torch.int32 and max_q == int((cu_q[1:] - cu_q[:-1]).max())
+        gqa = kw.pop("enable_gqa", False)
+        assert not kw and (gqa or k.shape[1] == q.shape[1])
+        b = cu_q.tolist()
+        return torch.cat([F.scaled_dot_product_attention(q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1),
+                                                         is_causal=True, scale=scale, enable_gqa=gqa).transpose(0, 1)
+                          for s, e in zip(b[:-1], b[1:])])
+
+    if not with_gqa:
+        def varlen_no_gqa(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):  # torch 2.11's keywords
+            return varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size)
+        return varlen_no_gqa
+    return varlen
+
+
+def packed_row(lengths, device="cpu"):
+    """One padding-free row as TRL's collator gives it: ids, position_ids, cu_seq_lens_q/k, max_length_q/k."""
+    torch.manual_seed(1)
+    seqs = [torch.randint(10, 1000, (n,)) for n in lengths]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    row = {"input_ids": torch.cat(seqs)[None], "position_ids": torch.cat([torch.arange(n) for n in lengths])[None],
+           "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max(lengths), "max_length_k": max(lengths)}
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in row.items()}, seqs
+
+
+def lora_logits_and_grads(model_dir, attn, batches, dtype=torch.float32, device="cpu"):
+    """A LoRA model's logits on each batch (concatenated) and its LoRA gradients after one backward."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attn, dtype=dtype).to(device)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False))
+    logits = torch.cat([model(**b, use_cache=False).logits for b in batches], dim=1)
+    logits.float().pow(2).mean().backward()
+    return logits.detach().float(), {n: p.grad.float() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("with_gqa", [True, False])
+def test_varlen_path_equals_each_conversation_alone(tiny_model_dir, monkeypatch, with_gqa):
+    """The CUDA path (one varlen call per layer from the collator's boundaries), driven on the CPU through a stand-in
+    kernel: the same logits and LoRA gradients as each conversation run alone with the library's SDPA."""
+    import training.packed_attention as pa
+
+    monkeypatch.setattr(pa, "_varlen_attn", _reference_varlen(with_gqa))
+    monkeypatch.setattr(pa, "_VARLEN_PARAMS", {"enable_gqa"} if with_gqa else set())
+    calls = []
+    monkeypatch.setattr(pa, "varlen_available", lambda q: calls.append(q.shape) or True)
+    row, seqs = packed_row([7, 13, 5])
+    out, grads = lora_logits_and_grads(tiny_model_dir, pa.NAME, [row])
+    ref, ref_grads = lora_logits_and_grads(tiny_model_dir, "sdpa", [{"input_ids": s[None]} for s in seqs])
+    assert len(calls) == 2  # one call per layer, for the whole row
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    assert grads.keys() == ref_grads.keys() and len(grads) == 16
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_cpu_path_reads_the_collators_boundaries(tiny_model_dir):
+    """On the CPU, a row with the collator's boundaries matches the per-conversation reference (no varlen kernel)."""
+    import training.packed_attention as pa
+
+    row, seqs = packed_row([9, 4, 11])
+    out, grads = lora_logits_and_grads(tiny_model_dir, pa.NAME, [row])
+    ref, ref_grads = lora_logits_and_grads(tiny_model_dir, "sdpa", [{"input_ids": s[None]} for s in seqs])
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.gpu
+def test_varlen_kernel_on_cuda_equals_each_conversation_alone(tiny_model_dir):
+    import training.packed_attention as pa
+
+    row, seqs = packed_row([37, 130, 64], device="cuda")
+    assert pa.varlen_available(torch.zeros(1, device="cuda", dtype=torch.bfloat16))
+    out, grads = lora_logits_and_grads(tiny_model_dir, pa.NAME, [row], dtype=torch.bfloat16, device="cuda")
+    ref, ref_grads = lora_logits_and_grads(tiny_model_dir, "sdpa", [{"input_ids": s[None]} for s in seqs], dtype=torch.bfloat16, device="cuda")
+    torch.testing.assert_close(out, ref, atol=2e-2, rtol=2e-2)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=2e-2, rtol=5e-2, msg=name)
+
+
 def test_activation_checkpointing_follows_the_method(tiny_model_dir):
     from training.run import build_model
 
@@ -420,3 +509,29 @@ def test_fsdp_config_passes_accelerates_launcher_and_qlora_stores_shardable_weig
     assert quantization_config(qlora, torch.bfloat16).bnb_4bit_quant_storage == torch.uint8  # bitsandbytes' default
     monkeypatch.setenv("ACCELERATE_USE_FSDP", env["ACCELERATE_USE_FSDP"])
     assert quantization_config(qlora, torch.bfloat16).bnb_4bit_quant_storage == torch.bfloat16
+
+
+def test_gpu_settings_resolve_without_a_gpu(monkeypatch):
+    """What a CUDA run chooses (checked here by pretending CUDA): padding-free with varlen attention, a token budget
+    that keeps the conversations per optimizer step, the fused AdamW for LoRA and paged 8-bit AdamW for QLoRA."""
+    from training.config import TrainConfig
+    from training.run import resolve_optimizer
+
+    cfg = TrainConfig(per_device_train_batch_size=4, gradient_accumulation_steps=8)  # 32 conversations per step
+    assert cfg.uses_padding_free("cuda") and cfg.uses_padding_free("cpu")
+    assert cfg.micro_batches("cpu", 512) == (4, 8)  # the CPU keeps the batch as given
+    assert cfg.micro_batches("cuda", 512) == (32, 1)  # 32 x 512 = 16384 tokens: the whole step in one micro-batch
+    assert cfg.micro_batches("cuda", 2048) == (8, 4)
+    assert TrainConfig(micro_batch_tokens=3000, per_device_train_batch_size=3, gradient_accumulation_steps=2).micro_batches("cpu", 1000) == (3, 2)
+    assert cfg.micro_batches("cuda", 100_000) == (1, 32)  # over budget alone: one conversation per micro-batch
+    assert TrainConfig(padding_free="false").micro_batches("cuda", 512) == (4, 4)  # padded: the batch as given
+    for c in (cfg, TrainConfig(per_device_train_batch_size=3, gradient_accumulation_steps=5, micro_batch_tokens=1500)):
+        for longest in (64, 500, 1500, 9000):
+            size, steps = c.micro_batches("cuda", longest)
+            assert size * steps == c.per_device_train_batch_size * c.gradient_accumulation_steps
+    assert not cfg.uses_liger("cpu") and TrainConfig(liger="on").uses_liger("cpu")
+    with pytest.raises(ValueError, match="micro_batch_tokens"):
+        TrainConfig(micro_batch_tokens=0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_optimizer(TrainConfig()) == ("adamw_torch_fused", None)
+    assert resolve_optimizer(TrainConfig(load_in_4bit=True)) == ("paged_adamw_8bit", None)

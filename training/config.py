@@ -7,6 +7,7 @@ config: ``<model>-<lora|qlora>-<data>``, e.g. ``smollm2-135m-qlora-exam``.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,11 +123,18 @@ class TrainConfig:
     warmup_steps: float = field(default=0.03, metadata={"help": "linear warmup: a step count, or a fraction of the run when below 1"})
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    optim: str = field(default="auto", metadata={"help": "auto: paged_adamw_8bit for QLoRA and adamw_torch for LoRA on CUDA; adamw_torch on CPU"})
+    optim: str = field(default="auto", metadata={"help": "auto: paged_adamw_8bit for QLoRA and the fused adamw_torch_fused for LoRA on CUDA; "
+                       "adamw_torch on CPU"})
     precision: str = field(default="auto", metadata={"help": "auto | bf16 | fp16 | fp32 (auto: bf16 where the GPU/CPU supports it)"})
-    padding_free: str = field(default="auto", metadata={"help": "auto | true | false: concatenate a batch without padding (exact: position_ids "
-                              "rebuild the causal mask). auto: true on CPU, where padding costs compute; false on CUDA, where the padded "
-                              "batch is measured 5x faster for the 135M model (../shared/GPU.md)"})
+    padding_free: str = field(default="auto", metadata={"help": "auto | true | false: concatenate a batch without padding; each conversation "
+                              "attends only to itself (training/packed_attention.py). auto: true on CPU, and on CUDA where torch has "
+                              "variable-length attention (one kernel per layer); padded batches otherwise"})
+    micro_batch_tokens: int | None = field(default=None, metadata={"help": "token budget per micro-batch: the conversations of one optimizer step "
+                                    "(per_device_train_batch_size x gradient_accumulation_steps, kept) are split into as few equal "
+                                    "micro-batches as keep each within this many tokens at the longest conversation's length. "
+                                    "Default: 16384 on CUDA with padding-free batches; unset on CPU (the batch size as given)"})
+    liger: str = field(default="auto", metadata={"help": "auto | on | off: Liger Kernel's fused RMSNorm, RoPE and SwiGLU (TRL's use_liger_kernel). "
+                       "auto: on with CUDA when the liger-kernel package is installed"})
     activation_checkpointing: str = field(default="auto", metadata={"help": "auto | on | off: recompute activations in the backward pass "
                                         "(auto: on for QLoRA, whose point is memory; off for LoRA, faster)"})
     lm_head: str = field(default="auto", metadata={"help": "auto | onepass | trl: the loss's projection onto the vocabulary. trl: TRL's fused head "
@@ -163,6 +171,10 @@ class TrainConfig:
             raise ValueError(f"lm_head must be auto, onepass or trl, got {self.lm_head!r}")
         if self.resume_store not in ("auto", "git", "none"):
             raise ValueError(f"resume_store must be auto, git or none, got {self.resume_store!r}")
+        if self.liger not in ("auto", "on", "off"):
+            raise ValueError(f"liger must be auto, on or off, got {self.liger!r}")
+        if self.micro_batch_tokens is not None and self.micro_batch_tokens <= 0:
+            raise ValueError(f"micro_batch_tokens must be positive (leave it out for the default), got {self.micro_batch_tokens}")
         if self.lora_r <= 0 or self.max_length <= 0 or self.per_device_train_batch_size <= 0:
             raise ValueError("lora_r, max_length and per_device_train_batch_size must be positive")
 
@@ -171,7 +183,24 @@ class TrainConfig:
         return self.activation_checkpointing == "on" or (self.activation_checkpointing == "auto" and self.load_in_4bit)
 
     def uses_padding_free(self, device: str) -> bool:
-        return self.padding_free == "true" or (self.padding_free == "auto" and device != "cuda")
+        if self.padding_free != "auto":
+            return self.padding_free == "true"
+        return device != "cuda" or importlib.util.find_spec("torch.nn.attention.varlen") is not None
+
+    def uses_liger(self, device: str) -> bool:
+        if self.liger != "auto":
+            return self.liger == "on"
+        return device == "cuda" and importlib.util.find_spec("liger_kernel") is not None
+
+    def micro_batches(self, device: str, longest: int) -> tuple[int, int]:
+        """(conversations per micro-batch, micro-batches per optimizer step): the step's conversations kept, split into
+        as few equal micro-batches as keep each within the token budget when every conversation is ``longest`` tokens."""
+        per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        budget = self.micro_batch_tokens or (16384 if device == "cuda" and self.uses_padding_free(device) else None)
+        if budget is None:
+            return self.per_device_train_batch_size, self.gradient_accumulation_steps
+        size = max([d for d in range(1, per_step + 1) if per_step % d == 0 and d * max(1, longest) <= budget], default=1)
+        return size, per_step // size
 
     @property
     def method(self) -> str:

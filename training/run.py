@@ -57,7 +57,7 @@ def resolve_optimizer(cfg: TrainConfig) -> tuple[str, str | None]:
     if cfg.optim != "auto":
         return cfg.optim, None
     if torch.cuda.is_available():
-        return wanted, None
+        return ("adamw_torch_fused" if wanted == "adamw_torch" else wanted), None
     if wanted == "paged_adamw_8bit":
         return "adamw_torch", "optimizer adamw_torch instead of paged_adamw_8bit: paged optimizers need CUDA (bitsandbytes falls back on CPU)"
     return wanted, None
@@ -236,6 +236,10 @@ class Data:
     length: dict
     held_out_length: dict
 
+    @property
+    def longest(self) -> int:
+        return max(len(r["input_ids"]) for r in self.train)
+
     def datasets(self):
         from datasets import Dataset
 
@@ -335,17 +339,20 @@ def prepare_data(cfg: TrainConfig, rows: list[dict], source: str, load_report: d
     return Data(source, load_report, template, train_rows, train, held_out, length, held_out_length)
 
 
-def sft_config(cfg: TrainConfig, setup: Setup, has_eval: bool):
-    """TRL's SFTConfig for this run: the TrainConfig's schedule, this machine's precision and optimizer."""
+def sft_config(cfg: TrainConfig, setup: Setup, has_eval: bool, longest: int):
+    """TRL's SFTConfig for this run: the TrainConfig's schedule (its conversations per step split into micro-batches
+    by the token budget), this machine's precision, optimizer and kernels."""
     from trl import SFTConfig
 
+    micro_batch, accumulation = cfg.micro_batches(setup.device, longest)
     return SFTConfig(
         output_dir=str(cfg.checkpoint_dir),
         num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        per_device_train_batch_size=micro_batch,
+        gradient_accumulation_steps=accumulation,
+        use_liger_kernel=cfg.uses_liger(setup.device),
         lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
@@ -385,7 +392,7 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, data: Data, setup: Setup, 
 
     train_ds, eval_ds = data.datasets()
     callbacks = [ResourceUsageCallback(cfg.log_dir, cfg.name)] + ([snapshot_callback(cfg)] if snapshots else [])
-    trainer = SFTTrainer(model=model, args=sft_config(cfg, setup, eval_ds is not None), train_dataset=train_ds, eval_dataset=eval_ds,
+    trainer = SFTTrainer(model=model, args=sft_config(cfg, setup, eval_ds is not None, data.longest), train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, callbacks=callbacks)
     trainer.lm_head_choice = apply_lm_head(cfg, trainer.model, setup.device)
     return trainer
@@ -406,6 +413,8 @@ def start_record(cfg: TrainConfig, trainer, tokenizer, data: Data, setup: Setup,
         "resolved": {"precision": setup.precision, "optimizer": setup.optimizer, "device": setup.device, "notes": setup.notes,
                      "activation_checkpointing": cfg.checkpointing, "padding_free": cfg.uses_padding_free(setup.device),
                      "attention": model.config._attn_implementation, "lm_head": trainer.lm_head_choice,
+                     "micro_batch": trainer.args.per_device_train_batch_size, "accumulation": trainer.args.gradient_accumulation_steps,
+                     "liger": trainer.args.use_liger_kernel,
                      "world_size": int(os.environ.get("WORLD_SIZE", "1")), "resumed_from": resumed_from},
         "data": {"source": data.source, "train_conversations": len(data.train), "held_out": len(data.held_out),
                  "sha256": du.data_hash(data.train_rows), "load": data.load_report, "length": data.length, "held_out_length": data.held_out_length},
