@@ -1,4 +1,6 @@
-"""The evaluation core behind ``eval_models.py``, ``eval_domain.py`` and ``eval_pytorch_vs_gguf.py``.
+"""The evaluation core behind ``eval_models.py``, ``eval_domain.py``, ``eval_pytorch_vs_gguf.py`` and ``eval_recipes.py``,
+and the command-line convention of every evaluation script: its arguments are one dataclass parsed by
+``labcore.cli.parse`` (``parse_args``), here ``Settings`` and ``EvalArgs`` or ``ModelArgs`` plus the script's own fields.
 
 A model spec is one of:
 
@@ -18,8 +20,8 @@ report under the final name.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
+import functools
 import json
 import os
 import signal
@@ -28,14 +30,16 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # scripts run as ``python evaluation/eval_*.py``
     sys.path.insert(0, str(REPO))
 
 from evaluation import metrics  # noqa: E402
+from labcore.cli import count_or_all, parse  # noqa: E402
 from labcore.io import cached_sha256  # noqa: E402
 from training.dataset_utils import EXAM_TEST_DATA  # noqa: E402
 
@@ -48,30 +52,69 @@ class EvalError(RuntimeError):
     """A problem the user can fix (unknown name, nothing to evaluate); printed as one line without a traceback."""
 
 
+Prompts = Literal["general", "domain", "none"]
+
+
 @dataclass
 class Settings:
-    """What every model of one report is evaluated with (recorded in the report)."""
+    """What every model of one report is evaluated with: recorded in the report, sent to each worker, and, as part of
+    every evaluation script's arguments, its flags."""
 
-    max_new_tokens: int = 256
-    limit: int | None = 60  # test-split items to generate answers for (evenly spread over the topics)
-    ppl_limit: int | None = None  # test-split items for held-out perplexity (None: all)
-    prompts: str = "general"  # the original's prompt list added to the test items: general, domain or none
-    sampling: bool = False  # False: greedy (identical reruns); True: the original's temperature/top-p with a seed
-    temperature: float = 0.3
-    top_p: float = 0.9
-    repeat_penalty: float = 1.0  # llama.cpp's repeat penalty (Iris: 1.15); PyTorch applies it as repetition_penalty
-    seed: int = 42
-    threads: int | None = None  # CPU threads for torch and llama.cpp (default: the cores this process may use)
-    merge: bool = True  # merge the LoRA weights into the base before generating (as the GGUF export does)
-    max_length: int = 512  # tokens per test conversation for perplexity (the training max_length)
-    batch_size: int | None = None  # prompts generated together (None: 64 on CUDA, where one prompt leaves the GPU idle; 1 on CPU)
-    test_file: str = str(EXAM_TEST_DATA)
+    items: int | None = field(default=None, metadata={"help": "held-out test items to answer, spread evenly over the topics (left out: all 252)"})
+    ppl_items: int | None = field(default=None, metadata={"help": "held-out test items for perplexity, spread the same way (left out: all 252)"})
+    prompts: Prompts = field(default="general", metadata={"help": "the original's prompt list answered besides the test items"})
+    max_new_tokens: int = field(default=256, metadata={"help": "token limit per answer"})
+    sampling: bool = field(default=False, metadata={"help": "sample with --temperature, --top_p and a fixed seed (left out: greedy, "
+                                                            "so reruns are identical)"})
+    temperature: float = field(default=0.3, metadata={"help": "with --sampling (the original's 0.3)"})
+    top_p: float = field(default=0.9, metadata={"help": "with --sampling (the original's 0.9)"})
+    repeat_penalty: float = field(default=1.0, metadata={"help": "llama.cpp's penalty on recently generated tokens, PyTorch's repetition_penalty "
+                                                                 "(1.0: none; Iris: --sampling --repeat_penalty 1.15 measures what a student gets)"})
+    seed: int = field(default=42, metadata={"help": "with --sampling: the seed of the first prompt (prompt i uses seed + i)"})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch and llama.cpp (left out: the cores this process may use)"})
+    merge: bool = field(default=True, metadata={"help": "merge the LoRA weights into the base before generating, as the GGUF export does "
+                                                        "(--no_merge: generate through the PEFT layers)"})
+    max_length: int = field(default=512, metadata={"help": "tokens per test conversation for perplexity (the training max_length)"})
+    batch_size: int | None = field(default=None, metadata={"help": "prompts generated together (left out: 64 on CUDA, where one prompt "
+                                                                    "leaves the GPU idle; 1 on CPU)"})
+    test_file: str = field(default=str(EXAM_TEST_DATA), metadata={"help": "held-out JSONL with key_concepts"})
+
+    def __post_init__(self):
+        self.items = count_or_all("items", self.items)
+        self.ppl_items = count_or_all("ppl_items", self.ppl_items)
+        self.threads = count_or_all("threads", self.threads, "the cores this process may use")
+        at_least(1, max_new_tokens=self.max_new_tokens, max_length=self.max_length, batch_size=self.batch_size)
 
     def generation(self) -> dict:
         if self.sampling:
             return {"mode": "sampling", "temperature": self.temperature, "top_p": self.top_p, "top_k": 0, "seed": self.seed,
                     "max_new_tokens": self.max_new_tokens, "repeat_penalty": self.repeat_penalty}
         return {"mode": "greedy", "max_new_tokens": self.max_new_tokens, "repeat_penalty": self.repeat_penalty}
+
+
+@dataclass
+class EvalArgs(Settings):
+    """The command line of a report: its settings, where the report goes, and how many models run at once."""
+
+    out: str = field(default=str(RESULTS / "eval.json"), metadata={"help": "the JSON report; its Markdown table goes beside it (.md)"})
+    jobs: int = field(default=1, metadata={"help": "models evaluated at once, each in its own process (on a GPU several fit)"})
+    root: str = field(default=str(REPO), metadata={"help": "folder holding models/ and training_logs/"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        at_least(1, jobs=self.jobs)
+
+    def settings(self) -> Settings:
+        return Settings(**{f.name: getattr(self, f.name) for f in fields(Settings)})
+
+
+@dataclass
+class ModelArgs(EvalArgs):
+    """A report over the models named on the command line, the first one the reference."""
+
+    models: list[str] = field(default_factory=list, metadata={"help": "base:<model>, run names, <run or adapter folder>@<quant> or .gguf "
+                                                                      "files, the first the reference; they may also come first, "
+                                                                      "without --models"})
 
 
 @dataclass
@@ -143,6 +186,20 @@ def resolve_spec(spec: str, root: Path = REPO) -> Source:
     return _resolve_run(spec, root)
 
 
+def script_runs() -> list[str]:
+    """The runs that have a training script, ``train_<model>_<method>_<data>.py`` named with the model's dots and dashes."""
+    from training.config import train_script
+    from training.models import ALIASES, MODELS
+
+    models = sorted({*MODELS, *ALIASES}, key=len, reverse=True)
+    runs = []
+    for path in sorted((REPO / "training").glob("train_*.py")):
+        rest = path.stem.removeprefix("train_")
+        model = next((m for m in models if rest.startswith(train_script(m).stem.removeprefix("train_") + "_")), None)
+        runs.append(f"{model}-{rest[len(model) + 1:].replace('_', '-')}" if model else rest.replace("_", "-"))
+    return runs
+
+
 def _resolve_run(run: str, root: Path) -> Source:
     from training.config import find_adapter, train_command, train_script
 
@@ -150,9 +207,8 @@ def _resolve_run(run: str, root: Path) -> Source:
     script = train_script(run)
     if not (adapter / "adapter_config.json").exists():
         if not script.exists() and run_record(root, run) is None:
-            known = sorted(p.stem.removeprefix("train_").replace("_", "-") for p in (REPO / "training").glob("train_*.py"))
             raise EvalError(f"unknown run name {run!r}: no adapter in {adapter} and no training/{script.name}. "
-                            f"Runs with scripts: {', '.join(known[:6])}, ... (or use base:<model> or a .gguf file)")
+                            f"Runs with scripts: {', '.join(script_runs()[:6])}, ... (or use base:<model> or a .gguf file)")
         return Source(run, run, "pytorch", run=run, adapter_dir=str(adapter),
                       missing=f"adapter {adapter} is missing", command=train_command(run))
     record = run_record(root, run) or {}
@@ -330,11 +386,9 @@ def compare(models: list[dict]) -> dict:
     return {"reference": ref["label"], "rows": rows}
 
 
-def evaluate(script: str, sources: list[Source], settings: Settings, out: Path, argv: list[str] | None = None, finish=None,
-             jobs: int = 1) -> dict:
-    """Evaluate every available source in its own subprocess and write ``out`` atomically at the end.
-
-    ``finish(record)`` may add script-specific conclusions before the report is written.
+def evaluate(script: str, sources: list[Source], args: EvalArgs, argv: list[str] | None = None, finish=None) -> dict:
+    """Evaluate every available source in its own subprocess, ``args.jobs`` at a time, and write ``args.out`` atomically
+    at the end. ``finish(record)`` may add script-specific conclusions before the report is written.
     """
     from evaluation.prompts import prompt_items, test_items
     from labcore.records import record_envelope, write_report
@@ -345,9 +399,10 @@ def evaluate(script: str, sources: list[Source], settings: Settings, out: Path, 
             print(f"[{script}] missing: {s.label}: {s.missing}" + (f"; produce it with: {s.command}" if s.command else ""), file=sys.stderr)
     if not usable:
         raise EvalError("nothing to evaluate: " + "; ".join(f"{s.missing} ({s.command})" if s.command else s.missing for s in sources))
+    settings, out, jobs = args.settings(), Path(args.out), args.jobs
     record = record_envelope("eval", script, {"specs": [s.spec for s in sources], "argv": argv if argv is not None else sys.argv[1:],
                                               "settings": asdict(settings)})
-    items = test_items(settings.test_file, settings.limit) + prompt_items(settings.prompts)
+    items = test_items(settings.test_file, settings.items) + prompt_items(settings.prompts)
     record["hardware"]["cpu_model"] = _cpu_model()
     record["generation"] = settings.generation()
     record["items"] = {"test_file": settings.test_file, "test_file_sha256": cached_sha256(Path(settings.test_file)),
@@ -370,9 +425,9 @@ def evaluate(script: str, sources: list[Source], settings: Settings, out: Path, 
             return result
 
         # Workers in parallel only where asked (a GPU has room for several small models; CPU timings would interfere).
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
             models = list(pool.map(lambda a: one(*a), enumerate(sources, start=1)))
-    record["parallel_workers"] = max(1, jobs)
+    record["parallel_workers"] = jobs
     record.update(models=models, comparison=compare(models), wall_seconds=round(time.time() - t0, 1))
     record["status"] = "completed" if any(m.get("status") == "completed" for m in models) else "failed"
     if finish is not None:
@@ -439,36 +494,31 @@ def _cpu_model() -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------- command line
-def add_settings_args(parser: argparse.ArgumentParser, prompts: str) -> None:
-    d = Settings()
-    g = parser.add_argument_group("evaluation settings")
-    g.add_argument("--limit", type=int, default=d.limit, help=f"held-out test items to answer, spread over the topics (default {d.limit}; 0: all)")
-    g.add_argument("--ppl_limit", type=int, default=0, help="held-out test items for perplexity (default 0: all 252)")
-    g.add_argument("--prompts", choices=("general", "domain", "none"), default=prompts, help=f"the original's prompt list to add (default {prompts})")
-    g.add_argument("--max_new_tokens", type=int, default=d.max_new_tokens, help=f"token limit per answer (default {d.max_new_tokens})")
-    g.add_argument("--sampling", action="store_true", help=f"sample with the original's temperature {d.temperature} and top-p {d.top_p} and a fixed seed (default: greedy)")
-    g.add_argument("--temperature", type=float, default=d.temperature, help="with --sampling")
-    g.add_argument("--top_p", type=float, default=d.top_p, help="with --sampling")
-    g.add_argument("--repeat_penalty", type=float, default=d.repeat_penalty, help="penalty on recently generated tokens (default 1.0: none; "
-                   "Iris uses 1.15 with temperature 0.3 and top-p 0.9: --sampling --repeat_penalty 1.15 measures what a student gets)")
-    g.add_argument("--seed", type=int, default=d.seed, help="with --sampling: the seed of the first prompt (prompt i uses seed + i)")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch and llama.cpp (default: all cores this process may use)")
-    g.add_argument("--no_merge", action="store_true", help="generate with the LoRA adapter unmerged (PEFT layers) instead of merged into the base")
-    g.add_argument("--test_file", default=str(EXAM_TEST_DATA), help="held-out JSONL with key_concepts (default: the exam test split)")
-    g.add_argument("--jobs", type=int, default=1, help="models evaluated at once, each in its own process (default 1; on a GPU several fit)")
-    g.add_argument("--batch_size", type=int, default=None, help="prompts generated together (default: 64 on CUDA, 1 on CPU)")
-    g.add_argument("--root", default=str(REPO), help="folder holding models/ and training_logs/ (default: the repository)")
+def at_least(low: int, **values) -> None:
+    """A ValueError naming the flag of the first value below ``low``; None passes (the flag was left out)."""
+    for name, value in values.items():
+        if value is not None and value < low:
+            raise ValueError(f"--{name} {value}: give {low} or more")
 
 
-def settings_from_args(args) -> Settings:
-    return Settings(max_new_tokens=args.max_new_tokens, limit=args.limit or None, ppl_limit=args.ppl_limit or None, prompts=args.prompts,
-                    sampling=args.sampling, temperature=args.temperature, top_p=args.top_p, seed=args.seed, repeat_penalty=args.repeat_penalty, threads=args.threads,
-                    merge=not args.no_merge, test_file=args.test_file, batch_size=args.batch_size)
+def parse_args(config, argv: list[str] | None, doc: str | None):
+    """``labcore.cli.parse`` for an evaluation script, described by the first paragraph of its docstring. Where the
+    dataclass has a ``models`` field, the arguments before the first flag are its values:
+    ``eval_domain.py base:smollm2-135m my-run --items 30`` is ``eval_domain.py --models base:smollm2-135m my-run --items 30``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and "models" in {f.name for f in fields(config)}:
+        argv = ["--models", *argv]
+    return parse(config, argv, description=" ".join((doc or "").strip().split("\n\n")[0].split()))
 
 
-def main_guard(fn) -> None:
-    """Run a script's main; user-fixable problems become one line on stderr and exit code 1."""
-    try:
-        fn()
-    except EvalError as e:
-        sys.exit(f"error: {e}")
+def cli_main(fn):
+    """A script's ``main(argv)``: a problem the user can fix (EvalError) becomes one line on stderr and exit status 1."""
+    @functools.wraps(fn)
+    def main(argv: list[str] | None = None):
+        try:
+            return fn(argv)
+        except EvalError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+    return main

@@ -1,7 +1,7 @@
 """Domain evaluation: base vs general-only vs general+exam vs exam-only fine-tunes, on ID2223 exam material.
 
-    python evaluation/eval_domain.py                          # the embedded SmolLM2-135M grid, 60 test items + the domain prompts
-    python evaluation/eval_domain.py --limit 20 --max_new_tokens 128     # a quicker pass
+    python evaluation/eval_domain.py                          # the embedded SmolLM2-135M grid, all 252 test items + the domain prompts
+    python evaluation/eval_domain.py --items 20 --max_new_tokens 128     # a quicker pass
     python evaluation/eval_domain.py base:llama-3.2-3b llama-3.2-3b-qlora-finetome llama-3.2-3b-qlora-finetome-exam llama-3.2-3b-qlora-exam
 
 Models whose adapter is missing are reported as missing, with the command that trains them; the rest are evaluated.
@@ -10,15 +10,15 @@ Writes evaluation_results/eval_domain.json (atomically, when every model is done
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evaluation.common import RESULTS, EvalError, add_settings_args, evaluate, main_guard, resolve_spec, settings_from_args  # noqa: E402
+from evaluation.common import RESULTS, EvalError, ModelArgs, cli_main, evaluate, parse_args, resolve_spec  # noqa: E402
 
-DEFAULT = ["base:smollm2-135m", "smollm2-135m-lora-finetome", "smollm2-135m-lora-finetome-exam", "smollm2-135m-lora-exam"]
+ARGS = ModelArgs(models=["base:smollm2-135m", "smollm2-135m-lora-finetome", "smollm2-135m-lora-finetome-exam", "smollm2-135m-lora-exam"],
+                 prompts="domain", out=str(RESULTS / "eval_domain.json"))
 
 
 def verdict(report: dict) -> dict:
@@ -30,20 +30,16 @@ def verdict(report: dict) -> dict:
     return out
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("specs", nargs="*", default=DEFAULT, help="base:<model>, run names or .gguf files; the first is the reference (default: %(default)s)")
-    p.add_argument("--out", default=str(RESULTS / "eval_domain.json"), help="report path (default: %(default)s)")
-    add_settings_args(p, prompts="domain")
-    args = p.parse_args(argv)
-    sources = [resolve_spec(s, Path(args.root)) for s in args.specs]
+    args = parse_args(ARGS, argv, __doc__)
+    sources = [resolve_spec(s, Path(args.root)) for s in args.models]
     if all(s.missing for s in sources if not s.spec.startswith("base:")) and len(sources) > 1:
         raise EvalError("none of the fine-tuned models exists: " + "; ".join(f"{s.missing}, run {s.command}" for s in sources if s.missing))
-    report = evaluate("eval_domain", sources, settings_from_args(args), Path(args.out), argv, jobs=args.jobs,
-                      finish=lambda r: r.update(verdict=verdict(r)))
+    report = evaluate("eval_domain", sources, args, argv, finish=lambda r: r.update(verdict=verdict(r)))
     for label, v in report["verdict"].items():
         print(f"[eval_domain] {label}: coverage above base: {v['coverage_above_base']}, perplexity below base: {v['perplexity_below_base']}")
 
 
 if __name__ == "__main__":
-    main_guard(main)
+    main()

@@ -14,7 +14,7 @@ requires 0), accuracy per label, and the share of no-reference questions given n
 
     python evaluation/eval_feedback.py                                   # the app's default model, Iris's own settings
     python evaluation/eval_feedback.py --max_tokens_cap 64               # shorter explanations, same verdicts
-    python evaluation/eval_feedback.py --model embedded:smollm2-135m --max_tokens_cap 8 --limit 8   # a smoke run
+    python evaluation/eval_feedback.py --model embedded:smollm2-135m --max_tokens_cap 8 --items 8   # a smoke run
 
 Writes ``evaluation_results/eval_feedback.json`` (every row: question, answer, label, verdict, grounded, similarity,
 found and missing key points, status, seconds; the command, CPU and model key) and ``eval_feedback.md`` beside it,
@@ -24,7 +24,6 @@ no-reference question) or a call failed, after writing the report.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -36,6 +35,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,6 +43,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as ``python evaluation/eval_feedback.py``
     sys.path.insert(0, str(REPO))
 
+from evaluation.common import EvalError, at_least, cli_main, parse_args  # noqa: E402
+from labcore.cli import count_or_all  # noqa: E402
 from labcore.records import record_envelope, write_report  # noqa: E402
 
 SCRIPT = "eval_feedback"
@@ -55,10 +57,6 @@ VERDICTS = (*LABELS, None)  # None: Iris gave no verdict
 ERROR = "error"  # the call failed: no verdict came back at all
 
 
-class EvalFeedbackError(RuntimeError):
-    """A problem the user can fix; printed as one line."""
-
-
 # ---------------------------------------------------------------------------------------------------- probe
 def load_probe(path: Path = PROBE) -> list[dict]:
     """The probe rows; each needs id, question, answer and one of ALL_LABELS as label (note is optional)."""
@@ -66,7 +64,7 @@ def load_probe(path: Path = PROBE) -> list[dict]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
-        raise EvalFeedbackError(f"cannot read the probe {path}: {e.strerror}") from None
+        raise EvalError(f"cannot read the probe {path}: {e.strerror}") from None
     rows, seen = [], set()
     for n, line in enumerate(lines, start=1):
         if not line.strip():
@@ -74,31 +72,31 @@ def load_probe(path: Path = PROBE) -> list[dict]:
         try:
             row = json.loads(line)
         except ValueError as e:
-            raise EvalFeedbackError(f"{path}:{n}: not JSON ({e})") from None
+            raise EvalError(f"{path}:{n}: not JSON ({e})") from None
         missing = [k for k in ("id", "question", "answer", "label") if not isinstance(row.get(k), str) or not row[k].strip()]
         if missing:
-            raise EvalFeedbackError(f"{path}:{n}: missing or empty {', '.join(missing)}")
+            raise EvalError(f"{path}:{n}: missing or empty {', '.join(missing)}")
         if row["label"] not in ALL_LABELS:
-            raise EvalFeedbackError(f"{path}:{n}: label {row['label']!r} is not one of {', '.join(ALL_LABELS)}")
+            raise EvalError(f"{path}:{n}: label {row['label']!r} is not one of {', '.join(ALL_LABELS)}")
         if row["id"] in seen:
-            raise EvalFeedbackError(f"{path}:{n}: duplicate id {row['id']!r}")
+            raise EvalError(f"{path}:{n}: duplicate id {row['id']!r}")
         seen.add(row["id"])
         rows.append(row)
     if not rows:
-        raise EvalFeedbackError(f"the probe {path} has no rows")
+        raise EvalError(f"the probe {path} has no rows")
     return rows
 
 
-def select(rows: list[dict], limit: int | None) -> list[dict]:
-    """The first ``limit`` rows taken round-robin over the labels (correct, partly correct, wrong, no reference), each
-    label's rows in file order, so a small limit still mixes every label. None or 0: all rows, in file order."""
-    if not limit or limit >= len(rows):
+def select(rows: list[dict], items: int | None) -> list[dict]:
+    """The first ``items`` rows taken round-robin over the labels (correct, partly correct, wrong, no reference), each
+    label's rows in file order, so a few items still mix every label. None: all rows, in file order."""
+    if items is None or items >= len(rows):
         return list(rows)
     queues = [[r for r in rows if r["label"] == label] for label in ALL_LABELS]
     out = []
-    while len(out) < limit:
+    while len(out) < items:
         for q in queues:
-            if q and len(out) < limit:
+            if q and len(out) < items:
                 out.append(q.pop(0))
     return out
 
@@ -110,8 +108,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def app_env(cap: int) -> dict:
-    return {"IRIS_N_THREADS": "1", "IRIS_HUB_MODELS": "", "IRIS_MAX_TOKENS_CAP": str(cap)}
+def app_env(cap: int | None) -> dict:
+    """The app's environment: one thread, no hub models, and ``cap`` as IRIS_MAX_TOKENS_CAP (0, the app's "no cap", for None)."""
+    return {"IRIS_N_THREADS": "1", "IRIS_HUB_MODELS": "", "IRIS_MAX_TOKENS_CAP": str(cap or 0)}
 
 
 @contextlib.contextmanager
@@ -128,13 +127,13 @@ def running_app(env: dict, log: Path, startup_s: float = 300):
         deadline = time.time() + startup_s
         while True:
             if proc.poll() is not None:
-                raise EvalFeedbackError(f"iris/app.py exited with {proc.returncode}:\n{_tail(log)}")
+                raise EvalError(f"iris/app.py exited with {proc.returncode}:\n{_tail(log)}")
             try:
                 urllib.request.urlopen(url, timeout=5)
                 break
             except OSError:
                 if time.time() > deadline:
-                    raise EvalFeedbackError(f"iris/app.py did not answer on {url} within {startup_s:.0f} s:\n{_tail(log)}") from None
+                    raise EvalError(f"iris/app.py did not answer on {url} within {startup_s:.0f} s:\n{_tail(log)}") from None
                 time.sleep(1)
         yield url
     finally:
@@ -160,7 +159,7 @@ def app_models(url: str) -> tuple[list[tuple[str, str]], str | None]:
         props = c.get("props", {})
         if props.get("elem_id") == "model":
             return [(str(label), str(key)) for label, key in props.get("choices", [])], props.get("value")
-    raise EvalFeedbackError(f"the app at {url} has no model dropdown (elem_id 'model') in its /config")
+    raise EvalError(f"the app at {url} has no model dropdown (elem_id 'model') in its /config")
 
 
 # ------------------------------------------------------------------------------------------------ grading
@@ -228,12 +227,12 @@ def markdown(record: dict) -> str:
         "# Answer Feedback probe through the app's API",
         "",
         f"Command: `{' '.join(['python', 'evaluation/eval_feedback.py', *record['config']['argv']])}`  ",
-        f"Model: `{record['model']}` ({record.get('model_label') or 'label unknown'}); IRIS_MAX_TOKENS_CAP={record['max_tokens_cap']} "
+        f"Model: `{record['model']}` ({record.get('model_label') or 'label unknown'}); IRIS_MAX_TOKENS_CAP={record['max_tokens_cap'] or 0} "
         f"({'Iris’s own settings' if not record['max_tokens_cap'] else 'explanations cut short; verdicts do not depend on the model'}); "
         f"IRIS_N_THREADS=1  ",
         f"CPU: {record['hardware']['cpu']} ({record['hardware']['cpu_count']} cores visible); finished {record['finished']}; {s['rows']} rows in "
         f"{record['wall_seconds']:.0f} s  ",
-        f"Probe: `{record['probe']}` ({record['probe_rows']} rows{'; --limit ' + str(record['limit']) if record['limit'] else ''})",
+        f"Probe: `{record['probe']}` ({record['probe_rows']} rows{'; --items ' + str(record['items']) if record.get('items') else ''})",
         "",
         "## Requirements (issue 17)",
         "",
@@ -280,54 +279,52 @@ def markdown(record: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------- command line
-def parse_args(argv):
-    p = argparse.ArgumentParser(
-        prog="python evaluation/eval_feedback.py",
-        description="Grade the hand-written Answer Feedback probe (data/feedback_probe.jsonl: right, partly right and plainly wrong answers "
-                    "to course questions, plus questions no course item covers) through the real Iris app's /feedback API, and report "
-                    "the confusion of labels against verdicts, the share of wrong answers called correct (must be 0) and the share of "
-                    "no-reference questions given no verdict (must be all). Starts python iris/app.py itself on a free port with "
-                    "IRIS_N_THREADS=1, IRIS_HUB_MODELS='' and GRADIO_ANALYTICS_ENABLED=False. Exits 1 when a requirement fails.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=None,
-                   help="model key from the app's dropdown, e.g. tuned:smollm2-135m-id2223 or embedded:smollm2-135m "
-                        "(default: the app's default, the first in its dropdown, or IRIS_DEFAULT_MODEL)")
-    p.add_argument("--max_tokens_cap", type=int, default=0,
-                   help="IRIS_MAX_TOKENS_CAP for the app: bounds the explanation's length; 0 keeps Iris's own settings. The verdict "
-                        "comes from the course rubric, never from the model, so a small cap (8-64) gives the same verdicts faster")
-    p.add_argument("--limit", type=int, default=0,
-                   help="grade only this many rows, taken round-robin over the labels so every label appears (0: all rows)")
-    p.add_argument("--probe", default=str(PROBE), help="the probe JSONL (fields: id, question, answer, label, note)")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help="the JSON report; the Markdown report goes beside it (.md)")
-    p.add_argument("--timeout", type=float, default=900,
-                   help="seconds to wait for one /feedback call (a tuned model's first use exports its GGUF once, about a minute or two)")
-    p.add_argument("--startup_timeout", type=float, default=300, help="seconds to wait for the app to answer after it starts")
-    args = p.parse_args(argv)
-    if args.max_tokens_cap < 0:
-        p.error("--max_tokens_cap must be 0 or more")
-    if args.limit < 0:
-        p.error("--limit must be 0 or more")
-    return args
+@dataclass
+class Args:
+    model: str | None = field(default=None, metadata={
+        "help": "model key from the app's dropdown, e.g. tuned:smollm2-135m-id2223 or embedded:smollm2-135m (left out: the app's "
+                "default, IRIS_DEFAULT_MODEL or the first in its dropdown)"})
+    max_tokens_cap: int | None = field(default=None, metadata={
+        "help": "IRIS_MAX_TOKENS_CAP for the app: bounds the explanation's length (left out: Iris's own settings). The verdict comes "
+                "from the course rubric, never from the model, so a small cap (8-64) gives the same verdicts faster"})
+    items: int | None = field(default=None, metadata={"help": "probe rows to grade, taken round-robin over the labels so every label "
+                                                               "appears (left out: all rows)"})
+    probe: str = field(default=str(PROBE), metadata={"help": "the probe JSONL (fields: id, question, answer, label, note)"})
+    out: str = field(default=str(DEFAULT_OUT), metadata={"help": "the JSON report; its Markdown report goes beside it (.md)"})
+    timeout: float = field(default=900, metadata={"help": "seconds to wait for one /feedback call (a tuned model's first use exports "
+                                                          "its GGUF once, about a minute or two)"})
+    startup_timeout: float = field(default=300, metadata={"help": "seconds to wait for the app to answer after it starts"})
+
+    def __post_init__(self):
+        self.max_tokens_cap = count_or_all("max_tokens_cap", self.max_tokens_cap, "Iris's own settings")
+        self.items = count_or_all("items", self.items)
+        at_least(1, timeout=self.timeout, startup_timeout=self.startup_timeout)
 
 
+ARGS = Args()
+
+
+@cli_main
 def main(argv: list[str] | None = None) -> dict:
+    """Grade the probe through the app, write the report and return it (run as a script: exit status 1 when a requirement fails)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
+    args = parse_args(ARGS, argv, __doc__)
     probe = load_probe(Path(args.probe))
-    rows = select(probe, args.limit)
+    rows = select(probe, args.items)
     from gradio_client import Client
 
     t0 = time.time()
     graded = []
+    env = app_env(args.max_tokens_cap)
     with tempfile.TemporaryDirectory(prefix="iris-eval-feedback-") as tmp:
         log = Path(tmp) / "iris.log"
-        print(f"[{SCRIPT}] starting iris/app.py (IRIS_N_THREADS=1, IRIS_MAX_TOKENS_CAP={args.max_tokens_cap}) ...", flush=True)
-        with running_app(app_env(args.max_tokens_cap), log, args.startup_timeout) as url:
+        print(f"[{SCRIPT}] starting iris/app.py ({', '.join(f'{k}={v!r}' for k, v in env.items())}) ...", flush=True)
+        with running_app(env, log, args.startup_timeout) as url:
             choices, default = app_models(url)
             keys = [key for _, key in choices]
             model = args.model or default or (keys[0] if keys else None)
             if model not in keys:
-                raise EvalFeedbackError(f"model {model!r} is not in the app's dropdown; choose one of: {', '.join(keys) or '(none)'}")
+                raise EvalError(f"model {model!r} is not in the app's dropdown; choose one of: {', '.join(keys) or '(none)'}")
             label = dict((k, lab) for lab, k in choices).get(model)
             print(f"[{SCRIPT}] {url} up in {time.time() - t0:.0f} s; model {model} ({label}); grading {len(rows)} of {len(probe)} rows",
                   flush=True)
@@ -347,9 +344,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary = summarize(graded)
     record = record_envelope("eval", SCRIPT, {"argv": argv, "command": ["python", "evaluation/eval_feedback.py", *argv]})
     record.update({
-        "status": "completed", "finished": datetime.now(UTC).isoformat(timespec="seconds"), "model": model, "model_label": label, "max_tokens_cap": args.max_tokens_cap, "limit": args.limit,
-        "app_env": {"IRIS_N_THREADS": "1", "IRIS_HUB_MODELS": "", "GRADIO_ANALYTICS_ENABLED": "False",
-                    "IRIS_MAX_TOKENS_CAP": str(args.max_tokens_cap)},
+        "status": "completed", "finished": datetime.now(UTC).isoformat(timespec="seconds"), "model": model, "model_label": label, "max_tokens_cap": args.max_tokens_cap, "items": args.items,
+        "app_env": {**env, "GRADIO_ANALYTICS_ENABLED": "False"},
         "probe": os.path.relpath(args.probe, REPO) if Path(args.probe).resolve().is_relative_to(REPO) else args.probe,
         "probe_rows": len(probe), "wall_seconds": round(time.time() - t0, 1),
         "summary": summary, "rows": graded, "app_log_tail": app_log_tail,
@@ -364,8 +360,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        result = main()
-    except EvalFeedbackError as e:
-        sys.exit(f"error: {e}")
-    sys.exit(0 if result["summary"]["requirements_met"] else 1)
+    sys.exit(0 if main()["summary"]["requirements_met"] else 1)

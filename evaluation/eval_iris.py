@@ -31,22 +31,25 @@ the numbers can be re-checked) and ``eval_iris.md`` beside it.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import random
 import re
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Literal
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as ``python evaluation/eval_iris.py``
     sys.path.insert(0, str(REPO))
 
 from evaluation import mcq_judge  # noqa: E402
+from evaluation.common import EvalError, at_least, cli_main, parse_args, resolve_spec  # noqa: E402
 from iris import bank, grammars, logic, tasks  # noqa: E402
+from labcore.cli import count_or_all  # noqa: E402
 from labcore.io import cached_sha256  # noqa: E402
 from training.dataset_utils import EXAM_TEST_DATA, load_conversations  # noqa: E402
 
@@ -64,10 +67,6 @@ NO_VERDICT = "no verdict"
 VERDICT_LABEL = {"correct": "correct", "partly correct": "partly correct", "wrong": "incorrect", None: NO_VERDICT}
 # A sentence ends at . ! or ? followed by space and a capital or "(", not after "e.g." or "i.e.".
 SENTENCE_END = re.compile(r"(?<=[.!?])(?<!e\.g\.)(?<!i\.e\.)\s+(?=[A-Z(])")
-
-
-class EvalIrisError(RuntimeError):
-    """A problem the user can fix; printed as one line."""
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -113,7 +112,7 @@ def build_inputs(test_rows: list[dict], topics: list[tuple[str, str]], quizzes: 
     """The deterministic inputs of one evaluation; every request has an id and its own sampling seed."""
     rng = random.Random(seed)
     if not topics:
-        raise EvalIrisError("no course topics: the test split has no topic fields")
+        raise EvalError("no course topics: the test split has no topic fields")
     out: dict[str, list[dict]] = {"quizzes": [], "drills": [], "plans": [], "feedback": []}
     # Drill and plan topics are typed as a comma-separated list in the app, which splits "Spark, Flink and ...":
     # only titles without commas go into those lists (a quiz takes one topic, any title).
@@ -158,7 +157,7 @@ def feedback_inputs(test_rows: list[dict], k: int, rng: random.Random) -> list[d
         others = [r for r in test_rows if r["topic"] != row["topic"] and r["area"] != row["area"]] or \
                  [r for r in test_rows if r["topic"] != row["topic"]]
         if not others:
-            raise EvalIrisError("the test split has a single topic: no wrong answers from another topic")
+            raise EvalError("the test split has a single topic: no wrong answers from another topic")
         wrong = rng.choice(others)
         base = {"test_id": row["id"], "topic": row["topic"], "question": row["question"]}
         answers = [
@@ -497,47 +496,52 @@ def parse_model(arg: str) -> tuple[str, Path]:
     if "=" in arg and not Path(arg).exists():
         label, path = arg.split("=", 1)
         if not label.strip():
-            raise EvalIrisError(f"empty label in {arg!r}: use label=path.gguf")
+            raise EvalError(f"empty label in {arg!r}: use label=path.gguf")
         return label.strip(), parse_model(path.strip())[1]
     if "@" in arg and not Path(arg).exists():
-        from evaluation.common import EvalError, resolve_spec
-
-        try:
-            src = resolve_spec(arg)
-        except EvalError as e:
-            raise EvalIrisError(str(e)) from None
+        src = resolve_spec(arg)
         if src.missing or not src.gguf_path:
-            raise EvalIrisError(f"{arg}: {src.missing or 'not a GGUF model'}" + (f"; {src.command}" if src.command else ""))
+            raise EvalError(f"{arg}: {src.missing or 'not a GGUF model'}" + (f"; {src.command}" if src.command else ""))
         return src.label, Path(src.gguf_path)
     return Path(arg).stem, Path(arg)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description="Iris's own tasks (quiz, drill, study plan, feedback) on GGUF models, the first one the reference.")
-    p.add_argument("models", nargs="+", help="GGUF files, or label=path.gguf; the first is the reference (typically the base)")
-    p.add_argument("--quizzes", type=int, default=20, help=f"quiz requests (n={QUIZ_N}, topics spread over the course; default 20)")
-    p.add_argument("--drills", type=int, default=10, help=f"mixed-drill requests (2-3 topics, n={DRILL_N}; default 10)")
-    p.add_argument("--plans", type=int, default=10, help="study-plan requests (default 10)")
-    p.add_argument("--feedback", type=int, default=12, help="held-out test questions for feedback, 3 answers each (default 12)")
-    p.add_argument("--seed", type=int, default=SEED, help=f"seed of the inputs and of each request's sampling (default {SEED})")
-    p.add_argument("--grammar", choices=("on", "off", "both"), default="on",
-                   help="Iris's GBNF grammars for quiz, drill and feedback: on (what Iris does), off (before they existed), or both: "
-                        "each request twice, back to back, the second reported as '<label>, no grammar' (default on)")
-    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the physical cores this process may use)")
-    p.add_argument("--test_file", default=str(EXAM_TEST_DATA), help="held-out JSONL for the feedback questions (default: the exam test split)")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help=f"report (default {DEFAULT_OUT.relative_to(REPO)}; the .md goes beside it)")
-    args = p.parse_args(argv)
-    for name in ("quizzes", "drills", "plans", "feedback"):
-        if getattr(args, name) < 0:
-            p.error(f"--{name} must be 0 or more")
+@dataclass
+class Args:
+    models: list[str] = field(default_factory=list, metadata={
+        "required": True, "help": "GGUF files, label=path.gguf, or base:smollm2-135m@<quant> and <run or adapter folder>@<quant> "
+                                  "(merged and exported once); the first is the reference, typically the base. They may also come "
+                                  "first, without --models"})
+    quizzes: int = field(default=20, metadata={"help": f"quiz requests (n={QUIZ_N}, topics spread over the course; 0: none)"})
+    drills: int = field(default=10, metadata={"help": f"mixed-drill requests (2-3 topics, n={DRILL_N}; 0: none)"})
+    plans: int = field(default=10, metadata={"help": "study-plan requests (0: none)"})
+    feedback: int = field(default=12, metadata={"help": "held-out test questions for feedback, 3 answers each (0: none)"})
+    seed: int = field(default=SEED, metadata={"help": "seed of the inputs and of each request's sampling"})
+    grammar: Literal["on", "off", "both"] = field(default="on", metadata={
+        "help": "Iris's GBNF grammars for quiz, drill and feedback: on (what Iris does), off (without them), or both: each request "
+                "twice, back to back, the second reported as '<label>, no grammar'"})
+    threads: int | None = field(default=None, metadata={"help": "llama.cpp threads (left out: the physical cores this process may use)"})
+    test_file: str = field(default=str(EXAM_TEST_DATA), metadata={"help": "held-out JSONL for the feedback questions"})
+    out: str = field(default=str(DEFAULT_OUT), metadata={"help": "the JSON report; its Markdown table goes beside it (.md)"})
 
+    def __post_init__(self):
+        at_least(0, quizzes=self.quizzes, drills=self.drills, plans=self.plans, feedback=self.feedback)
+        self.threads = count_or_all("threads", self.threads, "the physical cores this process may use")
+
+
+ARGS = Args()
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(ARGS, argv, __doc__)
     specs = [parse_model(m) for m in args.models]
     labels = [label for label, _ in specs]
     if len(set(labels)) < len(labels):
-        raise EvalIrisError(f"two models share a label ({', '.join(labels)}): name them with label=path.gguf")
+        raise EvalError(f"two models share a label ({', '.join(labels)}): name them with label=path.gguf")
     missing = [str(path) for _, path in specs if not path.is_file()]
     if missing:
-        raise EvalIrisError(f"no such GGUF file: {', '.join(missing)}")
+        raise EvalError(f"no such GGUF file: {', '.join(missing)}")
 
     from labcore.records import record_envelope
 
@@ -595,7 +599,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except EvalIrisError as e:
-        sys.exit(f"error: {e}")
+    main()

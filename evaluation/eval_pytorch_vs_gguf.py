@@ -11,34 +11,29 @@ A missing GGUF is named with the export command. Writes evaluation_results/eval_
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evaluation.common import (  # noqa: E402
-    GGUF_DIR,
-    QUANTS,
-    RESULTS,
-    EvalError,
-    add_settings_args,
-    evaluate,
-    main_guard,
-    resolve_spec,
-    settings_from_args,
-)
+from evaluation.common import GGUF_DIR, QUANTS, RESULTS, EvalArgs, EvalError, cli_main, evaluate, parse_args, resolve_spec  # noqa: E402
 
 
+@dataclass
+class Args(EvalArgs):
+    run: str = field(default="smollm2-135m-lora-exam", metadata={"help": "the PyTorch reference: a run name or base:<model>"})
+    quants: str = field(default=",".join(QUANTS), metadata={"help": "comma-separated quantizations: the GGUF files <gguf_dir>/<run>_<quant>.gguf"})
+    gguf_dir: str = field(default=str(GGUF_DIR), metadata={"help": "folder of the exports"})
+    gguf: list[str] | None = field(default=None, metadata={"help": "GGUF files to compare instead of --quants"})
+
+
+ARGS = Args(prompts="general", out=str(RESULTS / "eval_pytorch_vs_gguf.json"))
+
+
+@cli_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", default="smollm2-135m-lora-exam", help="the PyTorch reference: a run name or base:<model> (default: %(default)s)")
-    p.add_argument("--quants", default=",".join(QUANTS), help="GGUF files <gguf_dir>/<run>_<quant>.gguf to compare (default: %(default)s)")
-    p.add_argument("--gguf_dir", default=str(GGUF_DIR), help="folder of the exports (default: %(default)s)")
-    p.add_argument("--gguf", nargs="+", default=None, help="explicit GGUF files instead of --quants")
-    p.add_argument("--out", default=str(RESULTS / "eval_pytorch_vs_gguf.json"), help="report path (default: %(default)s)")
-    add_settings_args(p, prompts="general")
-    args = p.parse_args(argv)
+    args = parse_args(ARGS, argv, __doc__)
     name = args.run.removeprefix("base:")
     files = args.gguf or [str(Path(args.gguf_dir) / f"{name}_{q.strip().lower()}.gguf") for q in args.quants.split(",") if q.strip()]
     sources = [resolve_spec(args.run, Path(args.root))] + [resolve_spec(f, Path(args.root)) for f in files]
@@ -48,8 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     if all(s.missing for s in sources[1:]):
         commands = sorted({s.command for s in sources[1:] if s.command})
         raise EvalError(f"no GGUF file to compare ({', '.join(Path(s.gguf_path).name for s in sources[1:])} missing): produce them with {' and '.join(commands)}")
-    evaluate("eval_pytorch_vs_gguf", sources, settings_from_args(args), Path(args.out), argv)
+    evaluate("eval_pytorch_vs_gguf", sources, args, argv)
 
 
 if __name__ == "__main__":
-    main_guard(main)
+    main()

@@ -3,7 +3,7 @@ split against the base, and pick the one to ship by a fixed rule.
 
     python evaluation/eval_recipes.py                       # train the candidates that have no adapter yet, evaluate all
     python evaluation/eval_recipes.py --jobs 10             # on a GPU: train and evaluate 10 candidates at once
-    python evaluation/eval_recipes.py --only e2,g2 --train_flags '--max_steps 1 --num_samples 8' --limit 4 --root /tmp/r   # smoke test
+    python evaluation/eval_recipes.py --only e2,g2 --train_flags '--max_steps 1 --num_samples 8' --items 4 --root /tmp/r   # smoke test
 
 Every candidate is one of the project's training scripts with flags (printed, and recorded in the report), trained
 into ``<root>/models/recipe-<key>/``; one whose adapter exists with a completed run record is not retrained, so an
@@ -21,7 +21,6 @@ Writes evaluation_results/eval_recipes.json and .md (atomically, when every mode
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -31,10 +30,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evaluation.common import REPO, RESULTS, EvalError, add_settings_args, evaluate, main_guard, resolve_spec, settings_from_args  # noqa: E402
+from evaluation.common import REPO, RESULTS, EvalArgs, EvalError, at_least, cli_main, evaluate, parse_args, resolve_spec  # noqa: E402
 
 EXAM = "training/train_smollm2_135m_lora_exam.py"
 EXAM_Q = "training/train_smollm2_135m_qlora_exam.py"
@@ -245,26 +245,38 @@ def render(out: Path, root: Path) -> None:
     print(f"[eval_recipes] winner: {report['pick'].get('winner')}; table {out.with_suffix('.md')}")
 
 
+@dataclass
+class Args(EvalArgs):
+    only: str = field(default="", metadata={"help": f"comma-separated candidate keys (left out: all of {', '.join(BY_KEY)})"})
+    train_flags: str = field(default="", metadata={"help": "extra flags for every training command, e.g. '--max_steps 2 --num_samples 32' "
+                                                           "for a smoke test"})
+    train_budget: float | None = field(default=None, metadata={"help": "seconds for all training; candidates still training then are "
+                                                                       "stopped (left out: no limit)"})
+    skip_training: bool = field(default=False, metadata={"help": "evaluate the adapters that exist; train nothing"})
+    render_only: bool = field(default=False, metadata={"help": "re-read the run records and rewrite the report's training facts, pick and "
+                                                               "table from the existing --out report; evaluate nothing"})
+    backend: Literal["auto", "pytorch", "gguf"] = field(default="auto", metadata={
+        "help": "auto: PyTorch on a CUDA GPU; elsewhere each candidate's GGUF export (llama.cpp generates ~10x faster on a CPU)"})
+    quant: str = field(default="q8_0", metadata={"help": "with the gguf backend: the export evaluated, base and candidates alike"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        unknown = [k for k in self.candidates() if k not in BY_KEY]
+        if unknown:
+            raise ValueError(f"--only {self.only}: unknown candidate {', '.join(unknown)}; choose from {', '.join(BY_KEY)}")
+        at_least(1, train_budget=self.train_budget)
+
+    def candidates(self) -> list[str]:
+        return [k.strip() for k in self.only.split(",") if k.strip()] or list(BY_KEY)
+
+
+ARGS = Args(prompts="none", out=str(RESULTS / "eval_recipes.json"))
+
+
+@cli_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default="", help=f"comma-separated candidate keys (default: all of {', '.join(BY_KEY)})")
-    p.add_argument("--train_flags", default="", help="extra flags for every training command, e.g. '--max_steps 2 --num_samples 32' for a smoke test")
-    p.add_argument("--train_budget", type=float, default=None, help="seconds for all training; candidates still training then are stopped")
-    p.add_argument("--skip_training", action="store_true", help="evaluate the adapters that exist; train nothing")
-    p.add_argument("--render_only", action="store_true", help="re-read the run records and rewrite the report's training facts, "
-                   "pick and table from the existing --out report; evaluate nothing")
-    p.add_argument("--out", default=str(RESULTS / "eval_recipes.json"), help="report path; the table goes beside it as .md (default: %(default)s)")
-    p.add_argument("--backend", choices=("auto", "pytorch", "gguf"), default="auto",
-                   help="auto: PyTorch on a CUDA GPU; elsewhere each candidate's GGUF export (llama.cpp generates ~10x faster on a CPU)")
-    p.add_argument("--quant", default="q8_0", help="with the gguf backend: the export evaluated, base and candidates alike (default q8_0)")
-    add_settings_args(p, prompts="none")
-    p.set_defaults(limit=0)
-    args = p.parse_args(argv)
-    keys = [k.strip() for k in args.only.split(",") if k.strip()] or list(BY_KEY)
-    unknown = [k for k in keys if k not in BY_KEY]
-    if unknown:
-        raise EvalError(f"unknown candidate {', '.join(unknown)}: choose from {', '.join(BY_KEY)}")
-    chosen = [BY_KEY[k] for k in keys]
+    args = parse_args(ARGS, argv, __doc__)
+    chosen = [BY_KEY[k] for k in args.candidates()]
     root = Path(args.root)
     if args.render_only:
         render(Path(args.out), root)
@@ -280,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
         except ModelUnavailable as e:
             print(f"[eval_recipes] {e}", file=sys.stderr)
         deadline = time.time() + args.train_budget if args.train_budget else None
-        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for r in pool.map(lambda c: train_candidate(c, root, extra, deadline), chosen):
                 trained_now[r["key"]] = r
     backend = args.backend if args.backend != "auto" else ("pytorch" if _cuda() else "gguf")
@@ -298,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         report["pick"] = pick(report)
 
     out = Path(args.out)
-    report = evaluate("eval_recipes", sources, settings_from_args(args), out, argv, finish=finish, jobs=args.jobs)
+    report = evaluate("eval_recipes", sources, args, argv, finish=finish)
     from labcore.records import write_report
 
     write_report(out, report, markdown)  # the recipe table replaces evaluate()'s generic one
@@ -306,4 +318,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main_guard(main)
+    main()

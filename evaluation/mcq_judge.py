@@ -12,12 +12,13 @@ whose items the judge's text never includes. ``python -m evaluation.mcq_judge`` 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 
+from evaluation.common import parse_args
 from iris import bank, grounding
 
 DECIDE_AT = 0.5
@@ -84,6 +85,18 @@ def validate() -> dict:
     return summarize(judged)
 
 
-if __name__ == "__main__":
-    argparse.ArgumentParser(description="Validate the lexical MCQ judge on the course question bank (known answers).").parse_args()
+@dataclass
+class Args:
+    """No flags: ``python -m evaluation.mcq_judge`` validates the judge on the question bank."""
+
+
+ARGS = Args()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parse_args(ARGS, argv, "Validate the lexical MCQ judge on the course question bank, whose answers are known.")
     print(json.dumps(validate(), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -257,7 +257,7 @@ def perplexity_rows(tokenizer, settings: Settings) -> list[tuple[str, list[int],
     from training.dataset_utils import load_conversations, tokenize_conversations
 
     rows = load_conversations(settings.test_file)
-    rows = [rows[i] for i in spread(len(rows), settings.ppl_limit)]
+    rows = [rows[i] for i in spread(len(rows), settings.ppl_items)]
     data, _ = tokenize_conversations(rows, tokenizer, training_template(tokenizer), settings.max_length, "truncate")
     return [(r.get("id", str(i)), d["input_ids"], d["assistant_masks"]) for i, (r, d) in enumerate(zip(rows, data))]
 

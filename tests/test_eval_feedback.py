@@ -61,10 +61,14 @@ def test_rule_never_calls_a_wrong_probe_answer_correct(probe):
     assert [r["id"] for r in probe if r["label"] == ef.NO_REF and verdicts[r["id"]] is not None] == []
 
 
-def test_limit_mixes_labels(probe):
+def test_a_few_items_mix_labels(probe):
     picked = ef.select(probe, 8)
     assert len(picked) == 8 and {r["label"] for r in picked} == set(ef.ALL_LABELS)
-    assert ef.select(probe, 0) == probe and ef.select(probe, 10_000) == probe
+    assert ef.select(probe, None) == probe and ef.select(probe, 10_000) == probe
+
+
+def test_no_cap_is_the_apps_zero():
+    assert ef.app_env(None)["IRIS_MAX_TOKENS_CAP"] == "0" and ef.app_env(8)["IRIS_MAX_TOKENS_CAP"] == "8"
 
 
 def test_summary_and_report(tmp_path):
@@ -79,10 +83,11 @@ def test_summary_and_report(tmp_path):
     assert s["wrong_called_correct"] == 1 and s["wrong_called_correct_share"] == 1.0
     assert s["no_reference_no_verdict"] == 1 and s["errors"] == 1 and not s["requirements_met"]
     assert s["confusion"]["no reference"] == {"none": 1, "error": 1} and s["accuracy"]["partly correct"] == 0.0
-    record = {"config": {"argv": ["--limit", "5"]}, "model": EMBEDDED, "model_label": "x", "max_tokens_cap": 8, "hardware": {"cpu": "cpu", "cpu_count": 2},
-              "finished": "now", "wall_seconds": 5.0, "probe": "p.jsonl", "probe_rows": 5, "limit": 5, "summary": s, "rows": rows}
+    record = {"config": {"argv": ["--items", "5"]}, "model": EMBEDDED, "model_label": "x", "max_tokens_cap": 8, "hardware": {"cpu": "cpu", "cpu_count": 2},
+              "finished": "now", "wall_seconds": 5.0, "probe": "p.jsonl", "probe_rows": 5, "items": 5, "summary": s, "rows": rows}
     md = ef.write_report(tmp_path / "r.json", record, ef.markdown)
     text = md.read_text()
+    assert "`python evaluation/eval_feedback.py --items 5`" in text and "(5 rows; --items 5)" in text
     assert "**FAIL**" in text and "| wrong | 1 | 0 | 0 | 0 | 0 | 1 | 0.0% |" in text and "| b | wrong | correct |" in text
     assert json.loads((tmp_path / "r.json").read_text())["summary"]["wrong_called_correct"] == 1
     assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temporary files
@@ -91,7 +96,7 @@ def test_summary_and_report(tmp_path):
 def test_bad_probe_is_refused(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": "x", "question": "q", "answer": "a", "label": "maybe"}) + "\n")
-    with pytest.raises(ef.EvalFeedbackError, match="label 'maybe'"):
+    with pytest.raises(ef.EvalError, match="label 'maybe'"):
         ef.load_probe(bad)
 
 
@@ -100,7 +105,7 @@ def test_eval_feedback_through_the_app(tmp_path):
     out = tmp_path / "eval_feedback.json"
     env = {**os.environ, "IRIS_ADAPTER_DIR": str(tmp_path / "no-adapters"), "HF_HUB_OFFLINE": "1"}  # no tuned-model export at startup
     r = subprocess.run([sys.executable, str(REPO / "evaluation" / "eval_feedback.py"), "--model", EMBEDDED, "--max_tokens_cap", "8",
-                        "--limit", "8", "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+                        "--items", "8", "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     record = json.loads(out.read_text())
     rows = record["rows"]

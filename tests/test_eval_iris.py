@@ -8,7 +8,6 @@ import re
 from datetime import date
 
 import pytest
-from conftest import REPO
 
 from evaluation import eval_iris as E
 from iris import grammars, logic, plan
@@ -252,12 +251,31 @@ def test_grammar_both_runs_each_request_in_both_modes_back_to_back(tmp_path, mon
     assert {"tokens_per_second", "seconds_per_request", "judge_agree_rate"} <= set(record["models"][1]["metrics"]["quiz"])
 
 
-def test_bad_command_lines(tmp_path):
-    with pytest.raises(E.EvalIrisError, match="no such GGUF"):
-        E.main([str(tmp_path / "missing.gguf")])
+def test_bad_command_lines(tmp_path, capsys):
+    def fails(*argv) -> str:
+        with pytest.raises(SystemExit) as e:
+            E.main(list(argv))
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err.count("\n") == 1, err
+        return err
+
+    assert "error: no such GGUF file" in fails(str(tmp_path / "missing.gguf"))
     a = tmp_path / "a.gguf"
     a.write_bytes(b"GGUF")
-    with pytest.raises(E.EvalIrisError, match="share a label"):
-        E.main([str(a), f"a={a}"])
+    assert "share a label" in fails(str(a), f"a={a}")
+    assert "empty label" in fails(f"={a}")
     assert E.parse_model(f"base={a}") == ("base", a) and E.parse_model(str(a)) == ("a", a)
-    assert (REPO / "evaluation" / "eval_iris.py").exists()
+
+
+@pytest.mark.parametrize("flag", ["--quizzes", "--drills", "--plans", "--feedback"])
+def test_request_counts_may_be_zero_but_not_negative(flag, capsys):
+    assert getattr(E.parse_args(E.ARGS, ["a.gguf", flag, "0"], None), flag[2:]) == 0  # 0: none of these requests
+    with pytest.raises(SystemExit) as e:
+        E.main(["a.gguf", flag, "-1"])
+    assert e.value.code == 2 and f"error: {flag} -1: give 0 or more" in capsys.readouterr().err
+
+
+def test_models_are_required(capsys):
+    with pytest.raises(SystemExit) as e:
+        E.main(["--quizzes", "1"])
+    assert e.value.code == 2 and "--models" in capsys.readouterr().err

@@ -1,10 +1,14 @@
-"""Evaluation: metric functions on known inputs, perplexity by hand, spec errors, and real evaluations of a tiny model."""
+"""Evaluation: metric functions on known inputs, perplexity by hand, spec errors, every script's command line, the
+summary, and real evaluations of a tiny model."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import math
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -16,7 +20,7 @@ import pytest
 from conftest import REPO, make_conversations, run_script
 
 from evaluation import metrics, prompts
-from evaluation.common import EvalError, Settings, compare, resolve_spec, summarize_answers
+from evaluation.common import EvalError, ModelArgs, Settings, compare, parse_args, resolve_spec, summarize_answers
 from evaluation.prompts import DOMAIN, GENERAL, spread
 
 
@@ -102,8 +106,9 @@ def test_prompt_lists_and_test_items():
 
 
 def test_bad_specs_give_one_clear_line(tmp_path):
-    with pytest.raises(EvalError, match="unknown run name 'no-such-run'"):
+    with pytest.raises(EvalError, match="unknown run name 'no-such-run'") as e:
         resolve_spec("no-such-run", tmp_path)
+    assert "llama-3.2-1b-lora-finetome" in str(e.value)  # runs with a script, named as the user types them (the model's dots kept)
     with pytest.raises(EvalError, match="unknown base model"):
         resolve_spec("base:no-such-model", tmp_path)
     src = resolve_spec("smollm2-135m-qlora-finetome-exam", tmp_path)  # a known run, not trained under tmp_path
@@ -112,28 +117,87 @@ def test_bad_specs_give_one_clear_line(tmp_path):
     assert "is missing" in gguf.missing and gguf.command == "python tools/export_to_gguf.py my-run" and gguf.quant == "Q8_0"
 
 
-def test_missing_inputs_on_the_command_line_exit_with_one_line(tmp_path, tiny_model_dir):
-    r = run_script("evaluation/eval_models.py", "smollm2-135m-lora-exam", "smollm2-135m-qlora-exam", "--root", str(tmp_path),
-                   "--out", str(tmp_path / "r.json"), timeout=120)
-    assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert "python training/train_smollm2_135m_qlora_exam.py" in r.stderr.strip().splitlines()[-1]
-    r = run_script("evaluation/eval_pytorch_vs_gguf.py", "--run", f"base:{tiny_model_dir}", "--gguf", str(tmp_path / "x_q4_k_m.gguf"),
-                   "--out", str(tmp_path / "r.json"), timeout=120)
-    assert r.returncode != 0 and "Traceback" not in r.stderr
-    last = r.stderr.strip().splitlines()[-1]
+def test_missing_inputs_on_the_command_line_exit_with_one_line(tmp_path, tiny_model_dir, capsys):
+    from evaluation import eval_domain, eval_models, eval_pytorch_vs_gguf
+
+    def fails(main, *argv) -> str:
+        with pytest.raises(SystemExit) as e:
+            main(list(argv))
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and "Traceback" not in err
+        return err.strip().splitlines()[-1]
+
+    last = fails(eval_models.main, "smollm2-135m-lora-exam", "smollm2-135m-qlora-exam", "--root", str(tmp_path), "--out", str(tmp_path / "r.json"))
+    assert last.startswith("error: nothing to evaluate") and "python training/train_smollm2_135m_qlora_exam.py" in last
+    last = fails(eval_pytorch_vs_gguf.main, "--run", f"base:{tiny_model_dir}", "--gguf", str(tmp_path / "x_q4_k_m.gguf"), "--out", str(tmp_path / "r.json"))
     assert "x_q4_k_m.gguf missing" in last and "python tools/export_to_gguf.py x" in last
-    r = run_script("evaluation/eval_domain.py", "typo-run", "--root", str(tmp_path), timeout=120)
-    assert r.returncode != 0 and "Traceback" not in r.stderr and "unknown run name 'typo-run'" in r.stderr
+    assert "unknown run name 'typo-run'" in fails(eval_domain.main, "typo-run", "--root", str(tmp_path))
     assert not (tmp_path / "r.json").exists()
 
 
-def test_compare_and_summaries_on_synthetic_results():
-    def answer(i, cov, text, tps):
-        return {"set": "test", "id": f"t{i}", "answer": text, "coverage": cov, "rouge_l": cov, "leaks": [], "ended_by_itself": True,
-                "prompt_tokens": 10, "completion_tokens": 20, "ttft_s": 0.1, "decode_tps": tps, "e2e_s": 2.0 / tps * 10}
+# ------------------------------------------------------------------------------------------------- command lines
+EVAL_SCRIPTS = ["eval_domain", "eval_models", "eval_pytorch_vs_gguf", "eval_recipes", "eval_iris", "eval_feedback", "summarize", "mcq_judge"]
 
-    a = [answer(0, 0.2, "x y", 10), answer(1, 0.4, "z", 10)]
-    b = [answer(0, 0.6, "x y", 20), answer(1, 0.8, "w", 20)]
+
+@pytest.mark.parametrize("script", EVAL_SCRIPTS)
+def test_help_explains_every_flag(script, monkeypatch, capsys):
+    """``python evaluation/<script>.py --help``, run as the file itself: every field of its arguments is a flag with help."""
+    path = REPO / "evaluation" / f"{script}.py"
+    monkeypatch.setattr(sys, "argv", [str(path), "--help"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(path), run_name="__main__")
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("usage: ")
+    for f in dataclasses.fields(importlib.import_module(f"evaluation.{script}").ARGS):
+        assert f.metadata.get("help"), f"--{f.name} has no help"
+        assert f"--{f.name} " in out
+
+
+# (script, flag): every count whose "all" (or default) is the flag left out refuses 0, naming the flag.
+ZERO_REFUSED = [("eval_domain", "--items"), ("eval_domain", "--ppl_items"), ("eval_domain", "--threads"), ("eval_models", "--items"),
+                ("eval_models", "--jobs"), ("eval_pytorch_vs_gguf", "--ppl_items"), ("eval_recipes", "--items"),
+                ("eval_recipes", "--max_new_tokens"), ("eval_iris", "--threads"), ("eval_feedback", "--items"),
+                ("eval_feedback", "--max_tokens_cap")]
+
+
+def _fail_fast_args(script: str, tmp: Path) -> list[str]:
+    """Arguments under which ``script`` stops at once, inside ``tmp``, should it ever accept the count: a regression must
+    fail this test, not train or evaluate in the repository."""
+    if script == "eval_iris":
+        return [str(tmp / "missing.gguf"), "--out", str(tmp / "r.json")]
+    if script == "eval_feedback":
+        return ["--probe", str(tmp / "missing.jsonl"), "--out", str(tmp / "r.json")]
+    return ["--root", str(tmp), "--out", str(tmp / "r.json"), *(["--skip_training", "--backend", "pytorch"] if script == "eval_recipes" else [])]
+
+
+@pytest.mark.parametrize(("script", "flag"), ZERO_REFUSED)
+def test_a_zero_count_is_refused_naming_the_flag(script, flag, tmp_path, capsys):
+    main = importlib.import_module(f"evaluation.{script}").main
+    with pytest.raises(SystemExit) as e:
+        main([*_fail_fast_args(script, tmp_path), flag, "0"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"error: {flag} 0: give " in err, err
+
+
+def test_model_specs_come_first_or_after_models():
+    args = parse_args(ModelArgs(), ["base:x", "run-a", "--items", "3", "--no_merge"], None)
+    assert args.models == ["base:x", "run-a"] and args.items == 3 and not args.merge and args.ppl_items is None
+    assert parse_args(ModelArgs(), ["--no_merge", "--items", "3", "--models", "base:x", "run-a"], None) == args
+    settings = args.settings()
+    assert type(settings) is Settings and settings.items == 3 and not settings.merge
+    with pytest.raises(ValueError, match="--ppl_items 0"):
+        Settings(ppl_items=0)
+
+
+def _answer(i, cov, tps, text=None):
+    """One scored answer to held-out item ``t<i>``."""
+    return {"set": "test", "id": f"t{i}", "answer": text or f"answer {i}", "coverage": cov, "rouge_l": cov, "leaks": [], "ended_by_itself": True,
+            "prompt_tokens": 10, "completion_tokens": 20, "ttft_s": 0.1, "decode_tps": tps, "e2e_s": 2.0 / tps * 10}
+
+
+def test_compare_and_summaries_on_synthetic_results():
+    a = [_answer(0, 0.2, 10, "x y"), _answer(1, 0.4, 10, "z")]
+    b = [_answer(0, 0.6, 20, "x y"), _answer(1, 0.8, 20, "w")]
     models = [{"label": m, "status": "completed", "answers": ans, "summary": summarize_answers(ans), "perplexity": {"perplexity": p, "loss": math.log(p)},
                "memory": {"peak_rss_mb": mem}} for m, ans, p, mem in (("A", a, 20.0, 1000), ("B", b, 10.0, 500))]
     models.insert(1, {"label": "C", "status": "missing"})
@@ -143,6 +207,41 @@ def test_compare_and_summaries_on_synthetic_results():
     assert row["coverage_delta"] == pytest.approx(0.4) and row["perplexity_delta"] == pytest.approx(-10)
     assert row["decode_speed_ratio"] == pytest.approx(2) and row["peak_rss_ratio"] == pytest.approx(0.5)
     assert row["identical_answers"] == 0.5
+
+
+def _report(labels: list[str], argv: list[str]) -> dict:
+    """A report as eval_domain.py writes it, with made-up numbers."""
+    models = [{"label": label, "status": "completed", "answers": (ans := [_answer(0, 0.1 * k, 10 + k), _answer(1, 0.2, 10)]),
+               "summary": summarize_answers(ans), "perplexity": {"perplexity": 30.0 - k}, "memory": {"peak_rss_mb": 900},
+               "source": {"format": "pytorch"}} for k, label in enumerate(labels)]
+    return {"kind": "eval", "name": "eval_domain", "created": "today", "config": {"argv": argv}, "hardware": {"cpu": "cpu"},
+            "generation": {"mode": "greedy", "max_new_tokens": 8}, "items": {"test_items": 2}, "models": models,
+            "comparison": compare(models), "wall_seconds": 1.0}
+
+
+def test_summary_covers_every_answer_quality_report_labelled_by_file_and_says_what_it_skips(tmp_path, capsys):
+    from evaluation.summarize import build
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "eval_domain.json").write_text(json.dumps(_report(["base", "exam run"], ["--items", "30"])))
+    (results / "demo_eval_domain.json").write_text(json.dumps(_report(["base", "demo run"], ["base:smollm2-135m", "demo run"])))
+    (results / "eval_iris.json").write_text(json.dumps({"kind": "eval", "name": "eval_iris", "models": [{"status": "completed", "metrics": {}}]}))
+    (results / "eval_iris.md").write_text("# Iris\n")
+    (results / "eval_feedback.json").write_text(json.dumps({"kind": "eval", "name": "eval_feedback", "summary": {}, "rows": []}))
+    (results / "benchmark.json").write_text(json.dumps({"kind": "benchmark", "name": "benchmark"}))
+    (results / "broken.json").write_text("{")
+    text = build(results, tmp_path / "no-logs", results / "summary.md")
+    assert text.count("\n## ") == 3
+    assert "\n## demo_eval_domain.json\n" in text and "\n## eval_domain.json\n" in text
+    assert "`python evaluation/eval_domain.py base:smollm2-135m 'demo run'` -> `demo_eval_domain.json`" in text
+    assert "| demo run | PyTorch |" in text and "| exam run | PyTorch |" in text
+    assert (results / "demo_eval_domain.png").stat().st_size > 1000 and "![demo_eval_domain.json](demo_eval_domain.png)" in text
+    skipped = text.split("\n## Not summarized here\n", 1)[1]
+    assert "- `eval_iris.json`: a report of eval_iris.py, which measures something other than answer quality; its own table is eval_iris.md" in skipped
+    assert "- `eval_feedback.json`: a report of eval_feedback.py" in skipped and "- `benchmark.json`: a benchmark report" in skipped
+    assert "- `broken.json`: unreadable" in skipped
+    assert "[summarize] skipped broken.json: unreadable" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------------- real evaluations
@@ -167,7 +266,7 @@ def _tiny_items(n=2):
 def test_tiny_end_to_end_report_has_the_full_schema(tiny_run, tiny_model_dir):
     out = tiny_run / "results" / "eval_models.json"
     r = run_script("evaluation/eval_models.py", f"base:{tiny_model_dir}", "tiny-llama-lora-exam", "--root", str(tiny_run), "--out", str(out),
-                   "--limit", "2", "--prompts", "none", "--max_new_tokens", "6", "--ppl_limit", "3", "--threads", "1", timeout=300)
+                   "--items", "2", "--prompts", "none", "--max_new_tokens", "6", "--ppl_items", "3", "--threads", "1", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "[1/2 tiny-llama (base)] 1/2" in r.stdout and "[2/2 tiny-llama-lora-exam] 2/2" in r.stdout  # progress per model and item
     rep = json.loads(out.read_text())
@@ -196,7 +295,7 @@ def test_tiny_end_to_end_report_has_the_full_schema(tiny_run, tiny_model_dir):
     from evaluation.summarize import build
 
     text = build(out.parent, tiny_run / "training_logs", out.parent / "summary.md")
-    assert "## eval_models" in text and "| tiny-llama-lora-exam | PyTorch + lora adapter (merged) |" in text
+    assert "## eval_models.json" in text and "| tiny-llama-lora-exam | PyTorch + lora adapter (merged) |" in text
     assert "`python evaluation/eval_models.py " + " ".join(rep["config"]["argv"]) + "` -> `eval_models.json`" in text  # the command that made it
     assert (out.parent / "eval_models.png").stat().st_size > 1000
 
@@ -207,11 +306,11 @@ def test_two_greedy_runs_give_identical_answers_and_seeded_sampling_repeats(tiny
 
     src = resolve_spec("tiny-llama-lora-exam", tiny_run)
     items = _tiny_items(2)
-    greedy = [run_job(src, Settings(max_new_tokens=8, ppl_limit=2, threads=1), items) for _ in range(2)]
+    greedy = [run_job(src, Settings(max_new_tokens=8, ppl_items=2, threads=1), items) for _ in range(2)]
     assert [a["answer"] for a in greedy[0]["answers"]] == [a["answer"] for a in greedy[1]["answers"]]
     assert greedy[0]["perplexity"]["per_item"] == greedy[1]["perplexity"]["per_item"]
     # A random tiny model's greedy answer is degenerate (it repeats one token); seeded sampling shows real variety.
-    sampled = [run_job(src, Settings(max_new_tokens=8, ppl_limit=1, threads=1, sampling=True, temperature=1.0, seed=s), items) for s in (7, 7, 8)]
+    sampled = [run_job(src, Settings(max_new_tokens=8, ppl_items=1, threads=1, sampling=True, temperature=1.0, seed=s), items) for s in (7, 7, 8)]
     texts = [[a["answer"] for a in r["answers"]] for r in sampled]
     assert texts[0] == texts[1] and any(texts[0])
     assert texts[0] != texts[2]
@@ -223,7 +322,7 @@ def test_gguf_perplexity_matches_pytorch_on_the_same_tokens(embedded_model_dir):
     from evaluation.worker import GGUFModel, TorchModel, perplexity_rows
     from labcore.gguf import embedded_gguf
 
-    settings = Settings(ppl_limit=2, threads=2)
+    settings = Settings(ppl_items=2, threads=2)
     torch_model = TorchModel(resolve_spec("base:smollm2-135m"), settings)
     gguf_model = GGUFModel(resolve_spec(str(embedded_gguf())), settings, n_ctx=64)
     rows = perplexity_rows(torch_model.tokenizer, settings)
@@ -243,7 +342,7 @@ def test_a_killed_evaluation_leaves_no_report(tiny_run, tiny_model_dir):
 
     out = tiny_run / "killed" / "eval_models.json"
     proc = subprocess.Popen([sys.executable, str(REPO / "evaluation" / "eval_models.py"), f"base:{tiny_model_dir}", "--root", str(tiny_run),
-                             "--out", str(out), "--limit", "20", "--max_new_tokens", "64", "--threads", "1"],
+                             "--out", str(out), "--items", "20", "--max_new_tokens", "64", "--threads", "1"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.time() + 120
     for line in proc.stdout:  # wait until the worker is answering items

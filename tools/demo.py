@@ -3,30 +3,33 @@
     python tools/demo.py                 # prepare base -> data report -> short exam fine-tune -> eval base vs it
                                          # -> export F16/Q8_0/Q4_K_M with verification
                                          # -> base vs the shipped tuned model (adapters/), with 95% intervals -> summary
-    python tools/demo.py --train_steps 40 --eval_items 30      # a longer fine-tune and a larger evaluation
+    python tools/demo.py --max_steps 40 --items 30      # a longer fine-tune and a larger evaluation
 
 Re-running skips finished steps (a step is finished when its output exists, is newer than its inputs and was made
-with the same settings: a new --train_steps retrains, a new --eval_items re-evaluates); a failing
+with the same settings: a new --max_steps retrains, a new --items re-evaluates); a failing
 step stops the demo with the step's name. Every step is one of the project's own commands, printed before it runs,
 so each can be re-run by hand.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from evaluation.common import at_least, parse_args  # noqa: E402
+
 SCRIPT = "training/train_smollm2_135m_lora_exam.py"
 RUN = "smollm2-135m-lora-exam-demo"  # its own run, so the demo never touches the full exam run's adapter or reports
-SHIPPED = "smollm2-135m-id2223"
-IRIS_SAMPLING = ["--sampling", "--temperature", "0.3", "--top_p", "0.9", "--repeat_penalty", "1.15"]  # what Iris generates with  # the tuned adapter committed in adapters/ (evaluation_results/eval_recipes.md chose it)
+SHIPPED = "smollm2-135m-id2223"  # the tuned adapter committed in adapters/ (evaluation_results/eval_recipes.md chose it)
+IRIS_SAMPLING = ["--sampling", "--temperature", "0.3", "--top_p", "0.9", "--repeat_penalty", "1.15"]  # what Iris generates with
 PY = sys.executable
 
 
@@ -58,6 +61,17 @@ def newer(output: Path, *inputs: Path) -> bool:
     return output.exists() and all(not i.exists() or output.stat().st_mtime >= i.stat().st_mtime for i in inputs)
 
 
+def made_with(report: Path, adapter: Path, settings: dict) -> bool:
+    """An evaluation report newer than the adapter it evaluates, made with these settings (its config.settings)."""
+    made = read_json(report).get("config", {}).get("settings", {})
+    return newer(report, adapter) and all(made.get(k) == v for k, v in settings.items())
+
+
+def flags(settings: dict) -> list[str]:
+    """``--name value`` for each setting, as the evaluation scripts take them."""
+    return [a for k, v in settings.items() for a in (f"--{k}", str(v))]
+
+
 def decode_speed(path: Path, tokens: int = 64) -> float:
     """Decode tokens/s of one GGUF on a fixed prompt, greedy, fixed length (ignore_eos) so length does not confound it."""
     from labcore.gguf import load_llama
@@ -75,26 +89,25 @@ def decode_speed(path: Path, tokens: int = 64) -> float:
     return tokens / (time.perf_counter() - t)
 
 
-def positive(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (the scripts below read 0 or -1 as "all", hours on a laptop)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
-    return value
+@dataclass
+class Args:
+    max_steps: int = field(default=12, metadata={"help": "optimizer steps of the demo's fine-tune, 4 conversations each (sized for a laptop CPU)"})
+    items: int = field(default=12, metadata={"help": "held-out items answered per model, base against the demo's fine-tune"})
+    ppl_items: int = field(default=60, metadata={"help": "held-out items for perplexity, in both comparisons"})
+    max_new_tokens: int = field(default=96, metadata={"help": "token limit per answer, base against the demo's fine-tune"})
+    shipped_items: int = field(default=40, metadata={"help": "held-out items answered per model, base against the shipped tuned model "
+                                                             "(evaluation_results/eval_shipped.json has 150)"})
+
+    def __post_init__(self):
+        at_least(1, max_steps=self.max_steps, items=self.items, ppl_items=self.ppl_items, max_new_tokens=self.max_new_tokens,
+                 shipped_items=self.shipped_items)
+
+
+ARGS = Args()
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--train_steps", type=positive, default=12, help="optimizer steps of 4 conversations each (default 12, sized for a laptop CPU)")
-    ap.add_argument("--eval_items", type=positive, default=12, help="held-out items answered per model (default 12)")
-    ap.add_argument("--ppl_items", type=positive, default=60, help="held-out items for perplexity (default 60)")
-    ap.add_argument("--max_new_tokens", type=positive, default=96)
-    ap.add_argument("--shipped_items", type=positive, default=40, help="held-out items for base vs the shipped tuned model (default 40; "
-                    "evaluation_results/eval_shipped.json has all of them)")
-    args = ap.parse_args(argv)
+    args = parse_args(ARGS, argv, __doc__)
 
     from training.models import CACHE
 
@@ -113,30 +126,25 @@ def main(argv=None) -> int:
         times["data"] = run_step(2, total, "data-quality report with gates", [PY, "tools/data_report.py", str(data), "--test", "data/id2223_exam_prep_test.jsonl"],
                                  newer(report, data))
         previous = read_json(record)
-        same_schedule = previous.get("config", {}).get("max_steps") == args.train_steps
+        same_schedule = previous.get("config", {}).get("max_steps") == args.max_steps
         trained = same_schedule and previous.get("status") == "completed" and (adapter / "adapter_model.safetensors").exists()
         checkpoints = REPO / "checkpoints" / RUN
         if not trained and not same_schedule and checkpoints.exists():
             shutil.rmtree(checkpoints)  # the demo's own checkpoints of another schedule: resuming them would mix two runs
-        times["train"] = run_step(3, total, f"short LoRA fine-tune on the exam data ({args.train_steps} steps x 4 conversations)",
-                                  [PY, SCRIPT, "--run_name", RUN, "--max_steps", str(args.train_steps),
-                                   "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--logging_steps", "2", "--save_steps", str(max(args.train_steps // 2, 1)),
+        times["train"] = run_step(3, total, f"short LoRA fine-tune on the exam data ({args.max_steps} steps x 4 conversations)",
+                                  [PY, SCRIPT, "--run_name", RUN, "--max_steps", str(args.max_steps),
+                                   "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--logging_steps", "2", "--save_steps", str(max(args.max_steps // 2, 1)),
                                    *(["--resume"] if checkpoints.exists() else [])], trained)
-        eval_settings = {"limit": args.eval_items, "ppl_limit": args.ppl_items, "max_new_tokens": args.max_new_tokens}
-        evaluated = newer(eval_report, adapter / "adapter_model.safetensors") and all(
-            read_json(eval_report).get("config", {}).get("settings", {}).get(k) == v for k, v in eval_settings.items())
+        eval_settings = {"items": args.items, "ppl_items": args.ppl_items, "max_new_tokens": args.max_new_tokens}
         times["eval"] = run_step(4, total, "evaluate base vs tuned on held-out exam questions",
-                                 [PY, "evaluation/eval_domain.py", "base:smollm2-135m", RUN, "--out", str(eval_report), "--limit", str(args.eval_items),
-                                  "--ppl_limit", str(args.ppl_items), "--max_new_tokens", str(args.max_new_tokens), "--prompts", "none"],
-                                 evaluated)
+                                 [PY, "evaluation/eval_domain.py", "base:smollm2-135m", RUN, "--out", str(eval_report), "--prompts", "none",
+                                  *flags(eval_settings)], made_with(eval_report, adapter / "adapter_model.safetensors", eval_settings))
         times["export"] = run_step(5, total, "export to GGUF F16/Q8_0/Q4_K_M and verify", [PY, "tools/export_to_gguf.py", RUN], False)
-        shipped = REPO / "adapters" / SHIPPED
-        done = newer(shipped_report, shipped / "adapter_model.safetensors") and \
-            all(read_json(shipped_report).get("config", {}).get("settings", {}).get(k) == v for k, v in (("limit", args.shipped_items), ("ppl_limit", args.ppl_items)))
+        shipped_settings = {"items": args.shipped_items, "ppl_items": args.ppl_items, "max_new_tokens": 256}
         times["shipped"] = run_step(6, total, f"the base against the shipped tuned model {SHIPPED} (both GGUF Q8_0; {args.shipped_items} held-out items)",
                                     [PY, "evaluation/eval_domain.py", "base:smollm2-135m@q8_0", f"adapters/{SHIPPED}@q8_0", "--out", str(shipped_report),
-                                     "--limit", str(args.shipped_items), "--ppl_limit", str(args.ppl_items), "--max_new_tokens", "256", "--prompts", "none",
-                                     *IRIS_SAMPLING], done)
+                                     "--prompts", "none", *flags(shipped_settings), *IRIS_SAMPLING],
+                                    made_with(shipped_report, REPO / "adapters" / SHIPPED / "adapter_model.safetensors", shipped_settings))
         print(f"\n=== [7/{total}] summary", flush=True)
         summary(adapter, eval_report, manifest)
         shipped_summary(shipped_report)
@@ -199,7 +207,7 @@ def summary(adapter: Path, eval_report: Path, manifest_path: Path) -> None:
             print(f"  {m['label']:<28} perplexity {ppl:6.2f} {change:<9} concept coverage {m['summary']['coverage_mean']:.3f} "
                   f"({found} of {wanted} key concepts)")
         print("  a short fine-tune moves perplexity first; coverage over a dozen answers changes by single concepts, so a step of\n"
-              "  one or two either way is noise. A longer run: python tools/demo.py --train_steps 40 --eval_items 30")
+              "  one or two either way is noise. A longer run: python tools/demo.py --max_steps 40 --items 30")
     print("decode speed per format (64 greedy tokens, fixed length):")
     for key, f in manifest["files"].items():
         if key != "lora":

@@ -9,7 +9,7 @@
 #
 # Prepare here with `tools/gpu_session.sh prepare` (wheels into .whl/, the GGUF split into .xfer/a,b,c). On a machine
 # with the Python packages and the model installed, the commands below are just:
-#   python evaluation/eval_recipes.py --jobs 10 && python evaluation/eval_models.py recipe-e2 recipe-qlora-e2 --limit 0 --prompts none --jobs 2
+#   python evaluation/eval_recipes.py --jobs 10 && python evaluation/eval_models.py recipe-e2 recipe-qlora-e2 --prompts none --jobs 2
 set -euo pipefail
 KEEP=/tmp/peftlab-gpu   # survives between calls to a warm machine
 SITE=$KEEP/site
@@ -48,7 +48,7 @@ cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, nu
                   num_key_value_heads=2, tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
 LlamaForCausalLM(cfg).save_pretrained("/tmp/peftlab-gpu/tiny"); tok.save_pretrained("/tmp/peftlab-gpu/tiny")
 EOF
-  timeout 240 python3 evaluation/eval_recipes.py --only e2,qlora-e2 --jobs 2 --root $KEEP/smoke --limit 8 --ppl_limit 8 \
+  timeout 240 python3 evaluation/eval_recipes.py --only e2,qlora-e2 --jobs 2 --root $KEEP/smoke --items 8 --ppl_items 8 \
     --max_new_tokens 16 --train_flags "--model $KEEP/tiny --max_steps 3 --num_samples 48" --out "$OUT/smoke.json" || true
   tail -n 5 $KEEP/smoke/recipe_logs/*.log > "$OUT/smoke_logs.txt" 2>&1 || true
   ;;
@@ -77,7 +77,7 @@ save_file({k: v.to(torch.bfloat16) for k, v in w.items()}, f"{dst}/adapter_model
 EOF
     tar cf - -C $KEEP/ship "$winner" | split -b 15M - "$OUT/winner.tar.part-"
   fi
-  timeout "${MODELS_SECONDS:-90}" python3 evaluation/eval_models.py recipe-e2 recipe-qlora-e2 --root $R --limit 0 --prompts none \
+  timeout "${MODELS_SECONDS:-90}" python3 evaluation/eval_models.py recipe-e2 recipe-qlora-e2 --root $R --prompts none \
     --jobs 2 --out "$OUT/eval_models.json" 2>&1 | grep -v -E '^\[[0-9]+/[0-9]+ .*tokens in' | tail -n 20 || true
   ls -la "$OUT"
   ;;
