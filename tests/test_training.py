@@ -154,6 +154,7 @@ def _reference_varlen(with_gqa: bool):
 
     def varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), **kw):
         assert window_size == (-1, 0) and cu_q.dtype == torch.int32 and max_q == int((cu_q[1:] - cu_q[:-1]).max())
+        assert q.is_contiguous() or q.stride(-1) == 1
         gqa = kw.pop("enable_gqa", False)
         assert not kw and (gqa or k.shape[1] == q.shape[1])
         b = cu_q.tolist()
@@ -161,9 +162,9 @@ def _reference_varlen(with_gqa: bool):
                                                          is_causal=True, scale=scale, enable_gqa=gqa).transpose(0, 1)
                           for s, e in zip(b[:-1], b[1:])])
 
-    if not with_gqa:
-        def varlen_no_gqa(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):  # torch 2.11's keywords
-            return varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size)
+    if not with_gqa:  # an earlier release's keywords: causality as is_causal, no grouped heads
+        def varlen_no_gqa(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, is_causal=False):
+            return varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=(-1, 0) if is_causal else (-1, -1))
         return varlen_no_gqa
     return varlen
 
@@ -198,7 +199,7 @@ def test_varlen_path_equals_each_conversation_alone(tiny_model_dir, monkeypatch,
     import training.packed_attention as pa
 
     monkeypatch.setattr(pa, "_varlen_attn", _reference_varlen(with_gqa))
-    monkeypatch.setattr(pa, "_VARLEN_PARAMS", {"enable_gqa"} if with_gqa else set())
+    monkeypatch.setattr(pa, "_VARLEN_PARAMS", {"enable_gqa", "window_size"} if with_gqa else {"is_causal"})
     calls = []
     monkeypatch.setattr(pa, "varlen_available", lambda q: calls.append(q.shape) or True)
     row, seqs = packed_row([7, 13, 5])

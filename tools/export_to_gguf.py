@@ -37,7 +37,7 @@ from pathlib import Path
 from evaluation.metrics import masked_nll, perplexity
 from labcore.io import atomic_path, cached_sha256, sha256_file, write_json
 from labcore.records import record_envelope
-from labcore.threads import default_threads
+from labcore.threads import default_threads, torch_threads
 from training.config import REPO, find_adapter, train_command
 
 QUANTS = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
@@ -392,6 +392,7 @@ def pytorch_reference(merged_dir: Path, items: int) -> Reference:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    torch.set_num_threads(torch_threads())
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
     heldout = heldout_items(tokenizer, items)

@@ -67,8 +67,9 @@ def varlen_forward(query, key, value, cu_seq_lens: torch.Tensor, max_length: int
         else:  # the kernel wants as many key/value heads as query heads
             rep = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    causal = {"window_size": (-1, 0)} if "window_size" in params or "is_causal" not in params else {"is_causal": True}  # by release
     cu = cu_seq_lens.to(device=q.device, dtype=torch.int32)
-    out = varlen(q, k, v, cu, cu, int(max_length), int(max_length), scale=scaling, window_size=(-1, 0), **extra)  # (-1, 0): causal
+    out = varlen(q, k, v, cu, cu, int(max_length), int(max_length), scale=scaling, **causal, **extra)
     return out.unsqueeze(0)
 
 
