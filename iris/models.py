@@ -112,8 +112,9 @@ def _adapter_sha(adapter: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def merged_gguf(adapter: Path, cache: Path | None = None, quant: str = TUNED_QUANT) -> Path:
-    """The shipped adapter merged into its base as a ``quant`` GGUF: from the cache, else exported once (atomic, locked)."""
+def merged_gguf(adapter: Path, cache: Path | None = None, quant: str = TUNED_QUANT, export_flags: tuple[str, ...] = ()) -> Path:
+    """The shipped adapter merged into its base as a ``quant`` GGUF: from the cache, else exported once (atomic, locked).
+    ``export_flags`` go to ``tools/export_to_gguf.py`` (e.g. a lighter verification: ``--ppl_items 4``)."""
     adapter, cache = Path(adapter), Path(cache or CACHE)
     out_dir = cache / f"{adapter.name}-{_adapter_sha(adapter)}"
     try:
@@ -135,7 +136,7 @@ def merged_gguf(adapter: Path, cache: Path | None = None, quant: str = TUNED_QUA
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits here, then finds the file ready
         if not ready():
             print(f"[iris] first use of {adapter.name}: merging it into its base and exporting {quant.upper()} (once, about a minute) ...", flush=True)
-            r = subprocess.run([sys.executable, str(EXPORT_TOOL), str(adapter), "--quants", quant, "--out_dir", str(out_dir)],
+            r = subprocess.run([sys.executable, str(EXPORT_TOOL), str(adapter), "--quants", quant, "--out_dir", str(out_dir), *export_flags],
                                cwd=EXPORT_TOOL.parent.parent, capture_output=True, text=True)
             if r.returncode != 0 or not ready():
                 tail = " ".join((r.stderr or r.stdout).strip().splitlines()[-2:])[:400]

@@ -124,11 +124,12 @@ def test_a_failed_export_is_one_clear_error_and_leaves_no_cached_file(tmp_path, 
 
 @pytest.mark.slow
 def test_the_shipped_adapter_merges_and_answers_in_llama_cpp(tmp_path):
-    """The real path a fresh clone takes: export (verification included) into a cache, then generate."""
+    """The real path a fresh clone takes: export (verification included, on fewer items than Iris's default: the checks
+    themselves are tested in test_export.py) into a cache, then generate."""
     from iris import models
     from labcore.gguf import load_llama
 
-    path = models.merged_gguf(SHIPPED, cache=tmp_path / "cache")
+    path = models.merged_gguf(SHIPPED, cache=tmp_path / "cache", export_flags=("--ppl_items", "4", "--stop_budget", "200"))
     manifest = json.loads(next(path.parent.glob("*.manifest.json")).read_text())
     assert manifest["status"] == "completed" and manifest["verification"]["passed"]
     llm = load_llama(path, n_ctx=512)

@@ -185,33 +185,40 @@ def selected(settings: Settings) -> list[Row]:
 
 
 def run_rows(settings: Settings, models: dict, tmp: Path, deadline: float) -> list[dict]:
-    results = []
-    for row in selected(settings):
+    """Each row in its own worker process on a GPU; with --quick, all rows in one worker (the machinery is the same,
+    and the CPU pays the imports once)."""
+    jobs = [Job(row.name, models[row.size]["folder"], settings.data, settings.steps, settings.warmup, settings.conversations,
+                settings.max_length, str(tmp / f"{row.name}.result.json")) for row in selected(settings)]
+    batches = [jobs] if settings.quick else [[job] for job in jobs]
+    results = {}
+    for batch in batches:
         left = deadline - time.monotonic()
+        names = ", ".join(job.row for job in batch)
         if left < 20:
-            results.append({"row": row.name, "status": "skipped", "error": f"not started: {settings.budget_s} s budget spent"})
+            results.update({job.row: {"status": "skipped", "error": f"not started: {settings.budget_s} s budget spent"} for job in batch})
             continue
-        job = Job(row.name, models[row.size]["folder"], settings.data, settings.steps, settings.warmup, settings.conversations,
-                  settings.max_length, str(tmp / f"{row.name}.result.json"))
-        write_json(tmp / f"{row.name}.job.json", asdict(job))
-        print(f"[benchmark_gpu] {row.name} ...", flush=True)
-        log = tmp / f"{row.name}.log"
+        job_file, log = tmp / f"{batch[0].row}.jobs.json", tmp / f"{batch[0].row}.log"
+        write_json(job_file, {"jobs": [asdict(job) for job in batch]})
+        print(f"[benchmark_gpu] {names} ...", flush=True)
         t = time.monotonic()
         try:
             with open(log, "w") as f:
-                rc = subprocess.run([sys.executable, __file__, "--worker", str(tmp / f"{row.name}.job.json")], stdout=f, stderr=subprocess.STDOUT,
-                                    timeout=left, cwd=REPO).returncode
+                rc = subprocess.run([sys.executable, __file__, "--worker", str(job_file)], stdout=f, stderr=subprocess.STDOUT, timeout=left, cwd=REPO).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
-        result = json.loads(Path(job.out).read_text()) if Path(job.out).exists() else {}
-        if rc != 0 or not result:
-            tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])[-600:]
-            result = {"status": "failed", "error": f"exit {rc}: {tail}"}
-        result.update(row=row.name, size=row.size, method=row.method, kind=row.kind, script=row.script, parameters=models[row.size]["parameters"],
-                      wall_s=round(time.monotonic() - t, 1))
-        print(f"[benchmark_gpu] {row.name}: {result.get('status')} {result.get('tokens_per_s', '')}", flush=True)
-        results.append(result)
-    return results
+        for job in batch:
+            result = json.loads(Path(job.out).read_text()) if Path(job.out).exists() else {}
+            if not result:
+                tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])[-600:]
+                result = {"status": "failed", "error": f"exit {rc}: {tail}"}
+            results[job.row] = {**result, "wall_s": round(time.monotonic() - t, 1)}
+            print(f"[benchmark_gpu] {job.row}: {result.get('status')} {result.get('tokens_per_s', '')}", flush=True)
+    out = []
+    for job in jobs:
+        row = BY_NAME[job.row]
+        out.append({**results[job.row], "row": row.name, "size": row.size, "method": row.method, "kind": row.kind, "script": row.script,
+                    "parameters": models[row.size]["parameters"]})
+    return out
 
 
 def summarize(rows: list[dict], rate: float) -> dict:
@@ -285,7 +292,7 @@ def plot(report: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     settings = parse(Settings(), argv, description=__doc__.split("\n\n")[0]).with_defaults()
     if settings.worker:
-        return run_worker(Job(**json.loads(Path(settings.worker).read_text())))
+        return max(run_worker(Job(**job)) for job in json.loads(Path(settings.worker).read_text())["jobs"])
     import torch
 
     from labcore.records import record_envelope
@@ -398,15 +405,16 @@ def trl_trainer(row: Row, cfg, setup, tokenizer, data, model_path: str):
 
 
 def run_worker(job: Job) -> int:
-    import resource
-
     import torch
 
     from training import run as project
+    from training.callbacks.logging_callback import PeakRSS
 
     row = BY_NAME[job.row]
     cfg = row_config(row, job)
     setup = project.resolve_setup(cfg)
+    rss = PeakRSS()
+    rss.reset()  # rows that share a process (--quick) each measure their own peak
     if setup.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     tokenizer = project.load_tokenizer(job.model_dir)
@@ -421,10 +429,10 @@ def run_worker(job: Job) -> int:
     trainer.add_callback(clock.callback)
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    peak = (torch.cuda.max_memory_allocated() if setup.device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+    peak = (torch.cuda.max_memory_allocated() if setup.device == "cuda" else max(rss.sample(), rss.peak)) / 2**20
     write_json(Path(job.out), {
         "status": "completed", "tokens_per_s": clock.tokens_per_s(job.warmup), "peak_memory_mb": peak,
-        "peak_memory_kind": "cuda max_memory_allocated" if setup.device == "cuda" else "process peak RSS",
+        "peak_memory_kind": "cuda max_memory_allocated" if setup.device == "cuda" else "peak RSS while the row ran",
         "losses": losses, "loss_after_k": losses[-1], "steps": trainer.state.global_step, "device": setup.device, "precision": setup.precision,
         "optimizer": trainer.args.optim, "padding_free": bool(trainer.args.padding_free), "liger": bool(trainer.args.use_liger_kernel),
         "activation_checkpointing": cfg.checkpointing if row.kind == "project" else bool(trainer.args.activation_checkpointing),
