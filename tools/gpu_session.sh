@@ -26,7 +26,7 @@ prepare)
   .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .whl trl==1.16.0 bitsandbytes==0.50.2 datasets==5.2.0 peft==0.21.2 transformers==5.24.0 dill multiprocess gguf==0.19.0 \
-    liger-kernel==0.8.5 pytest==9.2.0 pluggy iniconfig
+    liger-kernel==0.8.5 pytest==9.2.0 pluggy iniconfig packaging pygments
   zip -q -d .whl/bitsandbytes-*.whl $(unzip -Z1 .whl/bitsandbytes-*.whl | grep -E 'libbitsandbytes_(cuda1[12]|cuda132|rocm|xpu)') || true
   head -c 28000000 "$gguf" > .xfer/a/part
   dd if="$gguf" of=.xfer/b/part iflag=skip_bytes,count_bytes skip=28000000 count=50000000 status=none
