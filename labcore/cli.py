@@ -20,6 +20,7 @@ def parse(config, argv: list[str] | None = None, description: str | None = None)
         raise TypeError("parse() takes a dataclass instance")
     doc = description if description is not None else (sys.modules["__main__"].__doc__ or "").strip() or None
     parser = HfArgumentParser(type(config), description=doc)
+    _underscores_only(parser)
     parser.set_defaults(**asdict(config))
     try:
         (parsed,) = parser.parse_args_into_dataclasses(args=argv)
@@ -36,3 +37,13 @@ def count_or_all(name: str, value: int | None, unset: str = "all") -> int | None
     if isinstance(value, bool) or int(value) != value or value <= 0:
         raise ValueError(f"--{name} {value}: give a positive number, or leave the flag out for {unset}")
     return int(value)
+
+
+def _underscores_only(parser) -> None:
+    """HfArgumentParser also registers ``--max-steps`` for ``--max_steps``: drop those aliases, one name per flag."""
+    for action in parser._actions:
+        dashed = [o for o in action.option_strings if o.startswith("--") and "-" in o[2:]]
+        if dashed and len(dashed) < len(action.option_strings):
+            for o in dashed:
+                parser._option_string_actions.pop(o, None)
+            action.option_strings = [o for o in action.option_strings if o not in dashed]

@@ -103,7 +103,7 @@ def test_counts_below_one_are_refused_naming_the_flag(repo, flag, value, capsys)
 def test_a_count_that_is_not_a_number_is_refused(repo, capsys):
     with pytest.raises(SystemExit) as e:
         demo.main(["--ppl_items", "x"])
-    assert e.value.code == 2 and "argument --ppl_items/--ppl-items: invalid int value: 'x'" in capsys.readouterr().err
+    assert e.value.code == 2 and "argument --ppl_items: invalid int value: 'x'" in capsys.readouterr().err
 
 
 def test_help_explains_every_flag(monkeypatch, capsys):

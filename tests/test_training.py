@@ -536,3 +536,14 @@ def test_gpu_settings_resolve_without_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_optimizer(TrainConfig()) == ("adamw_torch_fused", None)
     assert resolve_optimizer(TrainConfig(load_in_4bit=True)) == ("paged_adamw_8bit", None)
+
+
+def test_flags_have_one_spelling(capsys):
+    """labcore.cli: underscores only; HfArgumentParser's dashed aliases are dropped."""
+    from labcore.cli import parse
+    from training.config import TrainConfig
+
+    assert parse(TrainConfig(), ["--max_steps", "3"]).max_steps == 3
+    with pytest.raises(SystemExit):
+        parse(TrainConfig(), ["--max-steps", "3"])
+    assert "not used by the HfArgumentParser: ['--max-steps'" in capsys.readouterr().err
