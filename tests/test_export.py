@@ -125,13 +125,12 @@ def test_bad_flags_give_one_clear_line_before_any_work(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("flag", ["--verify_only", "--verify-only"])  # the old spelling still works
-def test_verify_only_needs_a_previous_export(tmp_path, flag):
+def test_verify_only_needs_a_previous_export(tmp_path):
     base = tmp_path / "base"
     base.mkdir()
     (base / "config.json").write_text("{}")
     adapter = fake_adapter(tmp_path / "my-run", base)
-    message = export_error([str(adapter), flag, "--out_dir", str(tmp_path / "out")])
+    message = export_error([str(adapter), "--verify_only", "--out_dir", str(tmp_path / "out")])
     assert "--verify_only: no manifest" in message and "my-run.manifest.json" in message
 
 

@@ -567,7 +567,6 @@ def main(argv=None) -> int:
     ap.add_argument("--quants", default="q8_0,q4_k_m", help=f"comma-separated, from {', '.join(QUANTS)} (default q8_0,q4_k_m)")
     ap.add_argument("--out_dir", type=Path, default=REPO / "gguf_export")
     ap.add_argument("--verify_only", action="store_true", help="only re-run the checks on the exported files")
-    ap.add_argument("--verify-only", dest="verify_only", action="store_true", help=argparse.SUPPRESS)  # the old spelling
     ap.add_argument("--ppl_items", type=int, default=20, help="held-out exam items scored for the perplexity drift (default 20)")
     ap.add_argument("--stop_budget", type=int, default=320, help="tokens a greedy answer may take to end by itself (default 320)")
     args = ap.parse_args(argv)
