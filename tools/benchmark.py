@@ -73,8 +73,8 @@ SAME_UPDATE = ("naive", "default", "lora_ckpt")
 class BenchConfig:
     """The command line: every field is a flag (labcore.cli)."""
 
-    quick: bool = field(default=False, metadata={"help": "tiny random model and its GGUFs, few steps and tokens: checks the machinery in "
-                                                 "minutes (what the test suite runs)"})
+    quick: bool = field(default=False, metadata={"help": "tiny random model and its GGUFs, few steps and tokens, every configuration "
+                                                 "in this process: checks the machinery in a minute (what the test suite runs)"})
     contention: bool = field(default=False, metadata={"help": "only the thread-count section: writes benchmark_contention.json/.md"})
     profile: str | None = field(default=None, metadata={"help": f"instead of the benchmark: torch.profiler's top operators for one training "
                                                         f"step of this configuration ({', '.join(CONFIGS)})"})
@@ -502,8 +502,12 @@ DATA = REPO / "data" / "id2223_exam_prep_full.jsonl"
 
 def spawn(kind: str, job: Job, label: str) -> dict:
     """One configuration in a fresh interpreter, so that its memory and warm-up are its own: the job goes in as a JSON
-    file of its dataclass's fields (``run_worker`` reads it back), the result comes back as a JSON file."""
+    file of its dataclass's fields (``run_worker`` reads it back), the result comes back as a JSON file. With --quick,
+    the same worker runs in this process, through the same JSON round trip."""
     print(f"[benchmark] {kind}: {label} ...", flush=True)
+    if job.quick:  # the quick mode checks the machinery, not the measurements: one interpreter pays the imports once
+        job_type, worker = WORKERS[kind]
+        return json.loads(json.dumps(worker(job_type(**json.loads(json.dumps(asdict(job))))), default=str))
     with tempfile.TemporaryDirectory(prefix="bench-job-") as tmp:
         spec, result = Path(tmp) / "job.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps({"kind": kind, "job": asdict(job), "result": str(result)}))
