@@ -13,7 +13,8 @@ targets and learning rate) and the same conversations per optimizer step:
 - ``trl_best_lora_1b``: TRL's best built-in settings: padding-free batches, no activation checkpointing, Liger kernels
   where ``liger-kernel`` is installed;
 - ``project_*``: ``training/train_llama_3_2_1b_lora_finetome.py``, ``..._1b_qlora_...`` and ``..._3b_qlora_...``
-  through the project's own run steps (``training/run.py``), as ``--model <folder>`` runs them.
+  through the project's own run steps (``training/run.py``), as ``--model <folder>`` runs them; and the LoRA script
+  once more with ``--activation_checkpointing on`` (``project_lora_1b_checkpointed``), the memory side of the trade-off.
 
 Per row: steady tokens/s (non-padding tokens; the warm-up steps excluded), peak memory (GPU allocated; peak RSS on the
 CPU), the loss at every step and after the last one, and MFU: tokens/s x 6 x parameters over a bf16 matrix-multiply
@@ -57,6 +58,7 @@ class Row:
     method: str  # "lora" or "qlora"
     kind: str  # "trl_defaults", "trl_best" or "project"
     script: str = ""  # the project's script for kind "project"
+    flags: tuple = ()  # TrainConfig fields changed from the script's, as (name, value) pairs
 
 
 # Ordered so the comparisons the summary needs come first if the budget runs out.
@@ -67,6 +69,8 @@ ROWS = [
     Row("trl_defaults_qlora_3b", "3b", "qlora", "trl_defaults"),
     Row("project_qlora_3b", "3b", "qlora", "project", "train_llama_3_2_3b_qlora_finetome.py"),
     Row("project_qlora_1b", "1b", "qlora", "project", "train_llama_3_2_1b_qlora_finetome.py"),
+    # The memory side of the trade-off: the LoRA script with activation checkpointing, to set against TRL's peak memory
+    Row("project_lora_1b_checkpointed", "1b", "lora", "project", "train_llama_3_2_1b_lora_finetome.py", (("activation_checkpointing", "on"),)),
 ]
 BY_NAME = {r.name: r for r in ROWS}
 TARGETS = {  # summary key: (at least / at most, value) from the issue this benchmark answers
@@ -365,7 +369,7 @@ def row_config(row: Row, job: Job):
         spec.loader.exec_module(module)
         base = module.CONFIG
     micro = min(8, job.conversations)
-    return replace(base, model=job.model_dir, data_path=job.data, num_samples=job.conversations * (job.steps + job.warmup),
+    return replace(base, **dict(row.flags), model=job.model_dir, data_path=job.data, num_samples=job.conversations * (job.steps + job.warmup),
                    max_steps=job.steps + job.warmup, per_device_train_batch_size=micro, gradient_accumulation_steps=job.conversations // micro,
                    max_length=job.max_length, logging_steps=1, save_steps=10**9, holdout=0, resume_store="none",
                    root=str(Path(job.out).parent / job.row), report_to="none")
@@ -436,7 +440,7 @@ def run_worker(job: Job) -> int:
         "losses": losses, "loss_after_k": losses[-1], "steps": trainer.state.global_step, "device": setup.device, "precision": setup.precision,
         "optimizer": trainer.args.optim, "padding_free": bool(trainer.args.padding_free), "liger": bool(trainer.args.use_liger_kernel),
         "activation_checkpointing": cfg.checkpointing if row.kind == "project" else bool(trainer.args.activation_checkpointing),
-        "micro_batch": trainer.args.per_device_train_batch_size, "accumulation": trainer.args.gradient_accumulation_steps,
+        "micro_batch": trainer.args.per_device_train_batch_size, "accumulation": trainer.args.gradient_accumulation_steps, "flags": dict(row.flags),
         "attention": trainer.model.config._attn_implementation, "conversations": len(data.train),
     })
     return 0
