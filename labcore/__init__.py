@@ -6,6 +6,7 @@
 - ``labcore.threads``: the one thread-count rule, for llama.cpp and torch alike.
 - ``labcore.text``: leaked role labels, special tokens and meta-instructions: patterns, detection, stripping.
 - ``labcore.gguf``: loading GGUF models safely with llama-cpp-python, and the embedded model's GGUF.
+- ``labcore.cli``: the command-line convention: a dataclass is the command line (training, evaluation, benchmarks).
 
 It imports nothing from the rest of the project, and nothing heavy at import time (torch and llama_cpp load inside
 the functions that need them), so the Iris Space ships it as it is: ``python tools/build_space.py DEST`` copies
