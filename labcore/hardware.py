@@ -30,6 +30,11 @@ def cpu_flags() -> frozenset[str]:
     return frozenset((_cpuinfo_field("flags") or "").split())
 
 
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX-512-BF16 or AMX)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
 def hardware() -> dict:
     """The ``hardware`` block of every record; torch's view (threads, CUDA) when torch is installed."""
     flags = cpu_flags()
@@ -37,7 +42,7 @@ def hardware() -> dict:
         "platform": platform.platform(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "cpu_bf16": bool({"avx512_bf16", "amx_bf16"} & flags),
+        "cpu_bf16": cpu_has_bf16(),
         "cpu_amx": "amx_bf16" in flags,
     }
     try:

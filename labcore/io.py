@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,14 @@ def temp_sibling(path: Path, suffix: str = "") -> Path:
     """A hidden temporary name beside ``path``, unique to this process (``suffix`` keeps an extension tools need)."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete the temporaries (``temp_sibling`` names) in ``folder`` whose writing process is gone: a killed writer's."""
+    for p in Path(folder).glob(".*.tmp-*"):
+        pid = re.search(r"\.tmp-(\d+)", p.name)
+        if pid and not Path(f"/proc/{pid[1]}").exists():
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -397,9 +397,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_model_dir, exam_
 
 def script_error(script: str, argv: list[str]) -> str:
     """Run a training script's ``run(CONFIG, argv)`` in this process; the one-line error it exits with."""
-    spec = importlib.util.spec_from_file_location("script_under_test", REPO / "training" / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # defines CONFIG; run() is behind the __main__ guard
+    module = load_script(REPO / "training" / script)  # defines CONFIG; run() is behind the __main__ guard
     from training.run import run
 
     with pytest.raises(SystemExit) as e:

@@ -325,34 +325,32 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------- worker
-class StepClock:
-    """Wall time and non-padding tokens at the end of every optimizer step (CUDA synchronized)."""
+def step_clock():
+    """A TrainerCallback that notes (step, wall time, non-padding tokens seen) as training starts and at the end of
+    every optimizer step (CUDA synchronized); ``tokens_per_s(warmup)`` from the marks."""
+    import torch
+    from transformers import TrainerCallback
 
-    def __init__(self):
-        from transformers import TrainerCallback
-
-        clock = self
-
-        class Callback(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kw):
-                clock.marks = [clock.mark(state)]
-
-            def on_step_end(self, args, state, control, **kw):
-                clock.marks.append(clock.mark(state))
-
-        self.callback, self.marks = Callback(), []
-
-    @staticmethod
     def mark(state) -> tuple[int, float, int]:
-        import torch
-
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         return state.global_step, time.perf_counter(), int(state.num_input_tokens_seen)
 
-    def tokens_per_s(self, warmup: int) -> float:
-        (_, t0, n0), (_, t1, n1) = self.marks[warmup], self.marks[-1]
-        return (n1 - n0) / (t1 - t0)
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.marks = []
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.marks = [mark(state)]
+
+        def on_step_end(self, args, state, control, **kw):
+            self.marks.append(mark(state))
+
+        def tokens_per_s(self, warmup: int) -> float:
+            (_, t0, n0), (_, t1, n1) = self.marks[warmup], self.marks[-1]
+            return (n1 - n0) / (t1 - t0)
+
+    return StepClock()
 
 
 def row_config(row: Row, job: Job):
@@ -366,9 +364,9 @@ def row_config(row: Row, job: Job):
     if row.script:
         spec = importlib.util.spec_from_file_location("benchmarked_script", REPO / "training" / row.script)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        spec.loader.exec_module(module)  # defines CONFIG; run() is behind the __main__ guard
         base = module.CONFIG
-    micro = min(8, job.conversations)
+    micro = max(d for d in range(1, 9) if job.conversations % d == 0)  # TRL's micro-batch of 8, or the largest that divides
     return replace(base, **dict(row.flags), model=job.model_dir, data_path=job.data, num_samples=job.conversations * (job.steps + job.warmup),
                    max_steps=job.steps + job.warmup, per_device_train_batch_size=micro, gradient_accumulation_steps=job.conversations // micro,
                    max_length=job.max_length, logging_steps=1, save_steps=10**9, holdout=0, resume_store="none",
@@ -377,35 +375,25 @@ def row_config(row: Row, job: Job):
 
 def trl_trainer(row: Row, cfg, setup, tokenizer, data, model_path: str):
     """TRL's SFTTrainer as a user sets it up: the model from ``from_pretrained``, the LoRA config passed to TRL."""
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from training.run import quantization_config
+    from training.run import lora_config, quantization_config
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=setup.compute_dtype, quantization_config=quantization_config(cfg, setup.compute_dtype))
     best = row.kind == "trl_best"
-    try:
-        import liger_kernel  # noqa: F401
-
-        liger = best and setup.device == "cuda"
-    except ImportError:
-        liger = False
-    micro = 8 if cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps % 8 == 0 else cfg.per_device_train_batch_size
     args = SFTConfig(
-        output_dir=cfg.root, max_steps=cfg.max_steps, per_device_train_batch_size=micro,
-        gradient_accumulation_steps=cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps // micro,
+        output_dir=cfg.root, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, data_seed=cfg.seed, bf16=setup.precision == "bf16", fp16=setup.precision == "fp16",
         use_cpu=setup.device == "cpu", logging_steps=1, save_strategy="no", report_to="none", max_length=None, dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding", disable_tqdm=True,
-        **({"padding_free": True, "activation_checkpointing": False, "use_liger_kernel": liger} if best else {}),
+        **({"padding_free": True, "activation_checkpointing": False, "use_liger_kernel": cfg.uses_liger(setup.device)} if best else {}),
     )
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
-                      target_modules=[m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()])
     train_ds, _ = data.datasets()
     set_seed(cfg.seed)
-    return SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer, peft_config=lora)
+    return SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer, peft_config=lora_config(cfg))
 
 
 def run_worker(job: Job) -> int:
@@ -429,8 +417,8 @@ def run_worker(job: Job) -> int:
         trainer = project.build_trainer(cfg, model, tokenizer, data, setup, snapshots=False)
     else:
         trainer = trl_trainer(row, cfg, setup, tokenizer, data, job.model_dir)
-    clock = StepClock()
-    trainer.add_callback(clock.callback)
+    clock = step_clock()
+    trainer.add_callback(clock)
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     peak = (torch.cuda.max_memory_allocated() if setup.device == "cuda" else max(rss.sample(), rss.peak)) / 2**20

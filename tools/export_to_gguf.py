@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
-import shutil
 import subprocess
 import sys
 import time
@@ -35,7 +33,7 @@ from functools import partial
 from pathlib import Path
 
 from evaluation.metrics import masked_nll, perplexity
-from labcore.io import atomic_path, cached_sha256, sha256_file, write_json
+from labcore.io import atomic_path, cached_sha256, remove_stale_temporaries, sha256_file, write_json
 from labcore.records import record_envelope
 from labcore.threads import default_threads, torch_threads
 from training.config import REPO, find_adapter, train_command
@@ -155,14 +153,6 @@ def resolve_job(target: str, quants: list[str], out_dir: Path) -> Job:
     remove_stale_temporaries(out_dir)
     return Job(target, run, adapter, record, base_key, base_dir, out_dir, quants, fingerprint(adapter, base_dir, quants),
                read_json(out_dir / f"{run}.manifest.json"))
-
-
-def remove_stale_temporaries(out_dir: Path) -> None:
-    """Temporary files and folders of exports that were killed (their process is gone) are deleted."""
-    for p in out_dir.glob(".*.tmp-*"):
-        pid = re.search(r"\.tmp-(\d+)", p.name)
-        if pid and not Path(f"/proc/{pid[1]}").exists():
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------ steps

@@ -30,6 +30,11 @@ def train_script(run: str) -> Path:
     return REPO / "training" / f"train_{run.replace('-', '_').replace('.', '_')}.py"
 
 
+def embedded_script(method: str, data: str) -> Path:
+    """The embedded model's script for ``method`` and ``data``: what runs offline, and on a local checkpoint with --model."""
+    return train_script(run_name("smollm2-135m", method, data))
+
+
 def train_command(run: str) -> str:
     """What trains ``run``: its script, or for a run named after a local checkpoint, the embedded model's script of the
     same method and data with ``--model``."""
@@ -40,7 +45,7 @@ def train_command(run: str) -> str:
         for method in ("qlora", "lora"):
             if run.endswith(f"-{method}-{data}"):
                 folder = f"<the {run.removesuffix(f'-{method}-{data}')} checkpoint folder>"
-                return f"python {train_script(run_name('smollm2-135m', method, data)).relative_to(REPO)} --model {folder}"
+                return f"python {embedded_script(method, data).relative_to(REPO)} --model {folder}"
     return f"a training script with --run_name {run} (no training/{script.name} exists)"
 
 

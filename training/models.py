@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from labcore.gguf import ModelUnavailable, embedded_gguf  # noqa: F401  (re-exported: the model table's errors)
-from labcore.io import atomic_path, sha256_file, write_json
+from labcore.io import atomic_path, default_cache_dir, sha256_file, write_json
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("PEFTLAB_CACHE", REPO / ".cache"))
+CACHE = default_cache_dir()
 
 
 @dataclass(frozen=True)

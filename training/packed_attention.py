@@ -54,28 +54,27 @@ def segment_starts(position_ids: torch.Tensor | None, q_len: int, k_len: int) ->
     return starts if len(starts) > 1 else None
 
 
-def varlen_forward(query, key, value, cu_seq_lens: torch.Tensor, max_length: int, scaling=None, varlen=None) -> torch.Tensor:
+def varlen_forward(query, key, value, cu_seq_lens: torch.Tensor, max_length: int, scaling=None) -> torch.Tensor:
     """One causal variable-length attention call over a packed row: ``query`` (1, heads, tokens, dim) and key/value
     with as many or fewer (grouped) heads; returns (1, tokens, heads, dim), as the library's attention functions do."""
-    varlen = varlen or _varlen_attn
-    params = _VARLEN_PARAMS if varlen is _varlen_attn else set(inspect.signature(varlen).parameters)
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, dim)
     extra = {}
     if k.shape[1] != q.shape[1]:
-        if "enable_gqa" in params:
+        if "enable_gqa" in _VARLEN_PARAMS:
             extra["enable_gqa"] = True
         else:  # the kernel wants as many key/value heads as query heads
             rep = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    causal = {"window_size": (-1, 0)} if "window_size" in params or "is_causal" not in params else {"is_causal": True}  # by release
+    # causal attention: window_size=(-1, 0) in current torch, is_causal=True in earlier releases
+    causal = {"window_size": (-1, 0)} if "window_size" in _VARLEN_PARAMS or "is_causal" not in _VARLEN_PARAMS else {"is_causal": True}
     cu = cu_seq_lens.to(device=q.device, dtype=torch.int32)
-    out = varlen(q, k, v, cu, cu, int(max_length), int(max_length), scale=scaling, **causal, **extra)
+    out = _varlen_attn(q, k, v, cu, cu, int(max_length), int(max_length), scale=scaling, **causal, **extra)
     return out.unsqueeze(0)
 
 
 def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, position_ids=None,
                         cu_seq_lens_q=None, max_length_q=None, **kwargs):
-    for name in ("cu_seq_lens_k", "max_length_k", "seq_idx", "is_causal"):
+    for name in ("cu_seq_lens_k", "max_length_k", "seq_idx"):  # the collator's, read through cu_seq_lens_q and max_length_q
         kwargs.pop(name, None)
     one_row = query.shape[0] == 1 and query.shape[2] == key.shape[2] > 1
     if one_row and cu_seq_lens_q is not None and max_length_q is not None and dropout == 0.0 and varlen_available(query):
@@ -87,6 +86,7 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
         if starts is None:
             return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, position_ids=position_ids, **kwargs)
         bounds = [*starts, query.shape[2]]
+    kwargs.pop("is_causal", None)
     outs = [
         sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], None, dropout=dropout, scaling=scaling, is_causal=True, **kwargs)[0]
         for s, e in zip(bounds[:-1], bounds[1:])

@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from labcore.cli import parse
-from labcore.hardware import cpu_flags
+from labcore.hardware import cpu_has_bf16
 from labcore.io import atomic_path, write_json
 from labcore.records import record_envelope
 from labcore.threads import torch_threads
-from training.config import REPO, TrainConfig, run_name, train_script
+from training.config import REPO, TrainConfig, embedded_script, train_script
 
 CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
 
@@ -46,7 +46,7 @@ def resolve_precision(cfg: TrainConfig) -> str:
         return cfg.precision
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if {"avx512_bf16", "amx_bf16"} & cpu_flags() else "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
 
 
 def resolve_optimizer(cfg: TrainConfig) -> tuple[str, str | None]:
@@ -201,7 +201,7 @@ def stage1_command(cfg: TrainConfig) -> str:
     else:  # called from Python: the stage-1 run's script, or for a local checkpoint the embedded model's (with --model)
         script = train_script(cfg.stage1_name)
         if not script.exists():
-            script = train_script(run_name("smollm2-135m", cfg.method, "finetome"))
+            script = embedded_script(cfg.method, "finetome")
     extra = "".join(f" --{k} {v}" for k, v in (("model", cfg.model), ("root", cfg.root)) if v and str(v) != str(getattr(TrainConfig, k, None)))
     shown = script.relative_to(Path.cwd()) if script.is_relative_to(Path.cwd()) else script  # as the user would type it
     return f"python {shown}{extra}"
@@ -267,8 +267,7 @@ def resolve_base(cfg: TrainConfig) -> str:
     """The base checkpoint to load, and for a two-stage run, a check that its stage-1 adapter exists."""
     from training.models import resolve_model
 
-    embedded_script = train_script(run_name("smollm2-135m", cfg.method, cfg.data)).relative_to(REPO)
-    model_path = resolve_model(cfg.model, offline_alternative=f"python {embedded_script}")
+    model_path = resolve_model(cfg.model, offline_alternative=f"python {embedded_script(cfg.method, cfg.data).relative_to(REPO)}")
     stage1 = cfg.stage1_adapter_dir
     if cfg.data == "finetome-exam" and not (stage1 / "adapter_config.json").exists():
         raise RunError(f"{cfg.name} continues the stage-1 adapter {stage1}, which does not exist: run {stage1_command(cfg)} first.")
@@ -497,7 +496,7 @@ def build_model(cfg: TrainConfig, model_path: str, compute_dtype, precision: str
 
     Attention is ``packed_sdpa`` (per-conversation causal SDPA in padding-free batches) unless named otherwise."""
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
     if cfg.load_in_4bit or device == "cuda":
@@ -518,16 +517,21 @@ def build_model(cfg: TrainConfig, model_path: str, compute_dtype, precision: str
         model = PeftModel.from_pretrained(model, stage1, is_trainable=True)
         print(f"[train] continuing the stage-1 adapter {stage1}")
     else:
-        model = get_peft_model(model, LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=[m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()], task_type="CAUSAL_LM",
-        ))
+        model = get_peft_model(model, lora_config(cfg))
     for p in model.parameters():  # adapters train in fp32 even over a bf16 or 4-bit base
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
     if cfg.checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def lora_config(cfg: TrainConfig):
+    """The run's LoRA adapter as PEFT's ``LoraConfig``."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
+                      target_modules=[m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()])
 
 
 def save_adapter(trainer, tokenizer, adapter_dir: Path, record: dict) -> None:
