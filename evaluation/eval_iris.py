@@ -191,7 +191,7 @@ class Generator:
             extra["grammar"] = grammars.compiled(grammar)
         if hasattr(self.llm, "reset"):
             self.llm.reset()
-        out = self.llm.create_chat_completion(messages=messages, **logic.settings(tool, self.cap), **extra)
+        out = self.llm.create_chat_completion(messages=messages, **logic.sampling(tool, self.cap), **extra)
         text = out["choices"][0]["message"].get("content") or ""
         usage = out.get("usage") or {}
         self.calls.append({"tool": tool, "seconds": round(time.time() - t, 2), "prompt_tokens": usage.get("prompt_tokens"),
@@ -553,7 +553,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "feedback_questions": len(inputs["feedback"]) // 3, "feedback_answers": len(inputs["feedback"])}}
     record = record_envelope("eval", SCRIPT, config)
     record["generation"] = {tool: logic.settings(tool) for tool in ("quiz", "mixed_drill", "study_plan", "feedback")}
-    record["generation_note"] = ("Iris's logic.settings(tool) exactly, as iris/app.py's _generate passes them; each request also gets a "
+    record["generation_note"] = ("Iris's logic.sampling(tool) exactly (no_repeat_ngram: a NoRepeatNgram logits processor), as iris/app.py's _generate passes them; each request also gets a "
                                  "sampling seed (inputs[*][*].seed, the same for every model) and a full prompt evaluation (no KV-cache prefix reuse), so reruns repeat")
     record["inputs"] = {"test_file": args.test_file, "test_file_sha256": cached_sha256(Path(args.test_file)), **inputs}
     from labcore.gguf import load_llama

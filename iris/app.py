@@ -61,7 +61,7 @@ def _model_key(key) -> str:
 def _generate(key: str):
     def generate(messages: list[dict], tool: str, grammar: str | None = None) -> str:
         with POOL.use(key) as llm:
-            out = llm.create_chat_completion(messages=messages, grammar=grammars.compiled(grammar) if grammar else None, **logic.settings(tool, CAP))
+            out = llm.create_chat_completion(messages=messages, grammar=grammars.compiled(grammar) if grammar else None, **logic.sampling(tool, CAP))
         return out["choices"][0]["message"].get("content") or ""
 
     return generate
@@ -70,7 +70,7 @@ def _generate(key: str):
 def _stream(key: str):
     def stream(messages: list[dict], tool: str):
         with POOL.use(key) as llm:  # held until the last token, or until the consumer closes the stream
-            for chunk in llm.create_chat_completion(messages=messages, stream=True, **logic.settings(tool, CAP)):
+            for chunk in llm.create_chat_completion(messages=messages, stream=True, **logic.sampling(tool, CAP)):
                 piece = chunk["choices"][0].get("delta", {}).get("content")
                 if piece:
                     yield piece

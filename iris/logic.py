@@ -33,12 +33,58 @@ class InputError(ValueError):
     """Bad user input; the app shows the message as a ``gr.Error``."""
 
 
+# Tools whose output is a list of items that must differ (a question's four options, the questions themselves): no
+# run of this many tokens is generated twice, as transformers' ``no_repeat_ngram_size``. Small models otherwise copy a
+# whole option, and the copy costs the student a re-ask. Ten tokens leave short phrases ("the model's", "A) The")
+# free to recur.
+NO_REPEAT_NGRAM = {"quiz": 10, "mixed_drill": 10}
+REPEAT_BAN = 1e3  # subtracted from a banned token's logit: finite, so a grammar that allows only that token still works
+
+
 def settings(tool: str, cap: int | None = None) -> dict:
-    """Sampling settings of ``tool``; ``cap`` (e.g. from ``IRIS_MAX_TOKENS_CAP``) bounds max_tokens for tests."""
+    """Sampling settings of ``tool`` (JSON, for records); ``cap`` (e.g. ``IRIS_MAX_TOKENS_CAP``) bounds max_tokens.
+
+    ``sampling`` turns them into the keyword arguments of a llama-cpp-python completion.
+    """
     if tool not in MAX_TOKENS:
         raise KeyError(f"unknown tool {tool!r}: one of {', '.join(TOOLS)}")
     max_tokens = MAX_TOKENS[tool] if not cap else min(MAX_TOKENS[tool], cap)
-    return {**BASE_SETTINGS, "max_tokens": max_tokens}
+    return {**BASE_SETTINGS, "max_tokens": max_tokens, **({"no_repeat_ngram": NO_REPEAT_NGRAM[tool]} if tool in NO_REPEAT_NGRAM else {})}
+
+
+def sampling(tool: str, cap: int | None = None) -> dict:
+    """``settings(tool, cap)`` as ``create_chat_completion`` keyword arguments: a fresh ``NoRepeatNgram`` per call."""
+    kwargs = settings(tool, cap)
+    n = kwargs.pop("no_repeat_ngram", None)
+    return {**kwargs, "logits_processor": [NoRepeatNgram(n)]} if n else kwargs
+
+
+def repeated_ngram_next(tokens: list[int], n: int) -> set[int]:
+    """Tokens that would complete an ``n``-gram already in ``tokens`` (the last n-1 tokens seen before, and what
+    followed them then)."""
+    if n < 2 or len(tokens) < n:
+        return set()
+    prefix, last = tokens[len(tokens) - n + 1:], tokens[-1]
+    return {tokens[i + n - 1] for i in range(len(tokens) - n + 1)
+            if tokens[i + n - 2] == last and tokens[i:i + n - 1] == prefix}
+
+
+class NoRepeatNgram:
+    """A llama-cpp-python logits processor that bans repeating any ``n``-gram of the reply (not of the prompt).
+
+    One object per request: its first call sees the prompt's tokens and remembers where the reply starts.
+    """
+
+    def __init__(self, n: int):
+        self.n, self.start = n, None
+
+    def __call__(self, input_ids, scores):
+        ids = [int(t) for t in input_ids]
+        if self.start is None:
+            self.start = len(ids)
+        for token in repeated_ngram_next(ids[self.start:], self.n):
+            scores[token] -= REPEAT_BAN
+        return scores
 
 
 def check_text(name: str, value, required: bool = True, limit: int = MAX_FIELD_CHARS) -> str:

@@ -186,7 +186,11 @@ def test_evaluate_model_drives_iris_tasks_with_iris_settings():
     lines = []
     out = E.evaluate_model("fake", llm, inputs, log=lambda *a, **k: lines.append(a[0]))
     for call in llm.calls:  # exactly Iris's settings, plus the request's seed and Iris's grammar
-        assert {k: v for k, v in call["kwargs"].items() if k not in ("seed", "grammar")} == logic.settings(call["tool"])
+        kwargs = {k: v for k, v in call["kwargs"].items() if k not in ("seed", "grammar")}
+        guard = kwargs.pop("logits_processor", None)
+        assert kwargs == {k: v for k, v in logic.settings(call["tool"]).items() if k != "no_repeat_ngram"}
+        expected_n = logic.NO_REPEAT_NGRAM.get(call["tool"])
+        assert (guard[0].n if guard else None) == expected_n  # quizzes and drills get a fresh no-repeat guard
     assert [c["kwargs"].get("grammar") for c in llm.calls[:2]] == [grammars.compiled(grammars.quiz(3)), grammars.compiled(grammars.drill(4))]
     assert "grammar" not in llm.calls[2]["kwargs"]  # the study plan's layout comes from code
     assert [c["kwargs"]["seed"] for c in llm.calls] == [5, 6, 7, 8] and llm.resets == 4

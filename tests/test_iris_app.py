@@ -216,3 +216,28 @@ def test_eight_concurrent_requests_across_tools_all_succeed(iris):
     assert len(results) == 8 and all(r is not None for r in results)
     assert results[1][1]["questions"] and results[4][1]["checks"] == [] and results[5][1]["questions"]
     assert results[0][0][-1]["role"] == "assistant"
+
+
+def test_repeat_guard_stops_the_real_model_copying_itself():
+    """The embedded model, greedy, lists the same definition over and over; with ``logic.NoRepeatNgram`` no 6-token run
+    of its reply recurs, and the guard works under a quiz grammar (what Iris passes for quizzes and drills)."""
+    from iris import grammars, logic
+    from labcore.gguf import embedded_gguf, load_llama
+
+    llm = load_llama(embedded_gguf(), n_ctx=512, n_threads=2, verbose=False)
+
+    def reply(guard: bool, **kw) -> list[int]:
+        llm.reset()
+        extra = {"logits_processor": [logic.NoRepeatNgram(6)]} if guard else {}
+        out = llm.create_chat_completion(messages=[{"role": "user", "content": "List 15 uses of dropout, one per line, numbered."}],
+                                         temperature=0.0, repeat_penalty=1.0, max_tokens=120, **extra, **kw)
+        return llm.tokenize(out["choices"][0]["message"]["content"].encode(), add_bos=False)
+
+    def repeats(ids: list[int]) -> int:
+        grams = [tuple(ids[i:i + 6]) for i in range(len(ids) - 5)]
+        return len(grams) - len(set(grams))
+
+    assert repeats(reply(False)) > 10  # the failure the guard exists for
+    assert repeats(reply(True)) == 0
+    guarded = llm.detokenize(reply(True, grammar=grammars.compiled(grammars.quiz(1)))).decode()
+    assert guarded.startswith("**Question 1.**")

@@ -62,10 +62,39 @@ class FakeModel:
 def test_settings_match_the_original_per_tool():
     expected = {"study_chat": 512, "feedback": 700, "quiz": 800, "cheat_sheet": 900, "study_plan": 900, "mixed_drill": 900}
     for tool, max_tokens in expected.items():
-        assert logic.settings(tool) == {"temperature": 0.3, "top_p": 0.9, "repeat_penalty": 1.15, "max_tokens": max_tokens}
+        guard = {"no_repeat_ngram": 10} if tool in ("quiz", "mixed_drill") else {}
+        assert logic.settings(tool) == {"temperature": 0.3, "top_p": 0.9, "repeat_penalty": 1.15, "max_tokens": max_tokens, **guard}
     assert logic.settings("quiz", cap=16)["max_tokens"] == 16
     with pytest.raises(KeyError):
         logic.settings("nope")
+
+
+def test_sampling_gives_quizzes_and_drills_a_fresh_repeat_guard():
+    chat = logic.sampling("study_chat")
+    assert chat == logic.settings("study_chat") and "logits_processor" not in chat
+    first, second = logic.sampling("quiz")["logits_processor"], logic.sampling("quiz")["logits_processor"]
+    assert "no_repeat_ngram" not in logic.sampling("quiz") and first[0] is not second[0] and first[0].n == 10
+
+
+def test_repeated_ngram_next_bans_only_what_would_complete_a_seen_ngram():
+    tokens = [5, 6, 7, 8, 1, 5, 6]  # "5 6" was followed by 7: a third "5 6 7" would repeat a 3-gram
+    assert logic.repeated_ngram_next(tokens, 3) == {7}
+    assert logic.repeated_ngram_next(tokens + [9, 5, 6], 3) == {7, 9}
+    assert logic.repeated_ngram_next(tokens, 4) == set()  # "1 5 6" never occurred before
+    assert logic.repeated_ngram_next([5, 5, 5], 2) == {5}
+    assert logic.repeated_ngram_next([1, 2], 3) == set() and logic.repeated_ngram_next([1, 2, 1, 2], 1) == set()
+
+
+def test_no_repeat_guard_ignores_the_prompt_and_lowers_only_banned_logits():
+    import numpy as np
+
+    guard = logic.NoRepeatNgram(3)
+    prompt = [1, 2, 3, 1, 2]  # a repeat inside the prompt is not the reply's business
+    scores = guard(np.array(prompt, dtype=np.intc), np.zeros(10, dtype=np.single))
+    assert guard.start == 5 and not scores.any()
+    reply = [7, 8, 9, 7, 8]  # the reply said "7 8 9" and is saying "7 8" again
+    scores = guard(np.array(prompt + reply, dtype=np.intc), np.zeros(10, dtype=np.single))
+    assert scores[9] == -logic.REPEAT_BAN and np.count_nonzero(scores) == 1
 
 
 def test_input_limits_name_the_field():
