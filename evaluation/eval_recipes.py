@@ -84,6 +84,8 @@ CANDIDATES = [
     Candidate("g2", "general-then-exam: 2 epochs of the general set first, then the e2 recipe", script=GENERAL_EXAM,
               stage1={"num_train_epochs": 2}),
     Candidate("qlora-e2", "QLoRA (4-bit NF4 base) on the e2 schedule", script=EXAM_Q),
+    Candidate("qlora-e1", "QLoRA (4-bit NF4 base) on the e1 schedule: the LoRA/QLoRA pair a 2-core CPU trains in an hour each",
+              script=EXAM_Q, flags={"num_train_epochs": 1}),
 ]
 BY_KEY = {c.key: c for c in CANDIDATES}
 
