@@ -70,9 +70,12 @@ def topic_ceiling(items: list[dict], rows: list[dict]) -> float | None:
 
 
 def _load_jsonl(path: Path) -> list[dict]:
+    """The rows of a conversations file, read by the training data loader (its line-numbered errors)."""
+    from training.dataset_utils import DataError, iter_jsonl
+
     try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError) as e:
+        return [row for _, row, _ in iter_jsonl(path)]
+    except (OSError, DataError) as e:
         raise EvalError(f"cannot read {path}: {e}") from None
 
 
