@@ -78,12 +78,16 @@ class Settings:
     batch_size: int | None = field(default=None, metadata={"help": "prompts generated together (left out: 64 on CUDA, where one prompt "
                                                                     "leaves the GPU idle; 1 on CPU)"})
     test_file: str = field(default=str(EXAM_TEST_DATA), metadata={"help": "held-out JSONL with key_concepts"})
+    notes: int = field(default=0, metadata={"help": "course-note passages in each test question's prompt, retrieved as Iris's Study Chat "
+                                                    "does (iris/notes.py; Iris sends 3); 0: the bare question. Pass a --max_length "
+                                                    "that holds them (1536)"})
 
     def __post_init__(self):
         self.items = count_or_all("items", self.items)
         self.ppl_items = count_or_all("ppl_items", self.ppl_items)
         self.threads = count_or_all("threads", self.threads, "the cores this process may use")
         at_least(1, max_new_tokens=self.max_new_tokens, max_length=self.max_length, batch_size=self.batch_size)
+        at_least(0, notes=self.notes)
 
     def generation(self) -> dict:
         if self.sampling:
@@ -402,7 +406,7 @@ def evaluate(script: str, sources: list[Source], args: EvalArgs, argv: list[str]
     settings, out, jobs = args.settings(), Path(args.out), args.jobs
     record = record_envelope("eval", script, {"specs": [s.spec for s in sources], "argv": argv if argv is not None else sys.argv[1:],
                                               "settings": asdict(settings)})
-    items = test_items(settings.test_file, settings.items) + prompt_items(settings.prompts)
+    items = test_items(settings.test_file, settings.items, settings.notes) + prompt_items(settings.prompts)
     record["hardware"]["cpu_model"] = _cpu_model()
     record["generation"] = settings.generation()
     record["items"] = {"test_file": settings.test_file, "test_file_sha256": cached_sha256(Path(settings.test_file)),
@@ -447,9 +451,11 @@ def markdown_table(record: dict) -> str:
 
     hw = record.get("hardware", {})
     argv = " ".join(record["config"].get("argv") or []).replace(str(REPO) + "/", "")
+    k = record["config"].get("settings", {}).get("notes") or 0
+    notes = f"; each question with the {k} course-note passages Iris's Study Chat retrieves for it in the prompt" if k else ""
     lines = [f"# {record['name']}", "", f"Command: `python evaluation/{record['name']}.py {argv}`",
              f"Machine: {hw.get('gpu') or hw.get('cpu_model') or hw.get('cpu')}; {record['items']['test_items']} held-out test items "
-             f"({record['generation']['mode']}, at most {record['generation']['max_new_tokens']} new tokens).", "",
+             f"({record['generation']['mode']}, at most {record['generation']['max_new_tokens']} new tokens{notes}).", "",
              "| model | perplexity | concept coverage | ROUGE-L | ended by itself | leaks |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for m in record["models"]:
         if m.get("status") != "completed":

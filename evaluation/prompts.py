@@ -54,13 +54,25 @@ def prompt_items(list_name: str) -> list[dict]:
             for i, p in enumerate(PROMPT_LISTS[list_name])]
 
 
-def test_items(path=EXAM_TEST_DATA, limit: int | None = None) -> list[dict]:
-    """Held-out exam items: the question as the prompt, the reference answer, the key concepts."""
+def with_notes(messages: list[dict], k: int) -> list[dict]:
+    """A one-question Study Chat conversation as Iris sends it with course notes: the ``k`` passages ``iris.notes``
+    retrieves for the question in the system prompt (unchanged when ``k`` is 0). Turns after the question are kept."""
+    if k <= 0:
+        return messages
+    from iris import notes, prompts
+
+    question = messages[1]["content"]
+    return prompts.chat_prompt([], question, notes.texts(notes.load().retrieve(question, k))) + messages[2:]
+
+
+def test_items(path=EXAM_TEST_DATA, limit: int | None = None, notes: int = 0) -> list[dict]:
+    """Held-out exam items: the question as the prompt (with ``notes`` course-note passages, ``with_notes``), the
+    reference answer, the key concepts."""
     rows = load_conversations(path)
     out = []
     for i in spread(len(rows), limit):
         r = rows[i]
-        msgs = r["messages"]
+        msgs = with_notes(r["messages"], notes)
         out.append({
             "set": "test", "id": r.get("id", f"test-{i}"), "topic": r.get("topic"),
             "messages": msgs[:-1], "reference": msgs[-1]["content"], "key_concepts": list(r.get("key_concepts") or []),

@@ -252,12 +252,12 @@ def generate_all(model, items: list[dict], settings: Settings, tag: str) -> list
 
 
 def perplexity_rows(tokenizer, settings: Settings) -> list[tuple[str, list[int], list[int]]]:
-    from evaluation.prompts import spread
+    from evaluation.prompts import spread, with_notes
     from training.chat_templates import training_template
     from training.dataset_utils import load_conversations, tokenize_conversations
 
     rows = load_conversations(settings.test_file)
-    rows = [rows[i] for i in spread(len(rows), settings.ppl_items)]
+    rows = [{**rows[i], "messages": with_notes(rows[i]["messages"], settings.notes)} for i in spread(len(rows), settings.ppl_items)]
     data, _ = tokenize_conversations(rows, tokenizer, training_template(tokenizer), settings.max_length, "truncate")
     return [(r.get("id", str(i)), d["input_ids"], d["assistant_masks"]) for i, (r, d) in enumerate(zip(rows, data))]
 

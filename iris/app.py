@@ -28,12 +28,13 @@ from pydantic import model_validator
 from labcore.io import write_text
 
 try:
-    from iris import bank, grammars, logic, models, plan, tasks
+    from iris import bank, grammars, logic, models, notes, plan, tasks
 except ImportError:  # run as a script or as a Space: the modules sit beside this file
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bank
     import grammars
     import logic
+    import notes
     import plan
     import tasks
 
@@ -124,16 +125,18 @@ def _status(result: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------ handlers
 @_errors
-def study_chat(model_key, message, history):
+def study_chat(model_key, message, history, use_notes=True):
     key = _model_key(model_key)
     message = logic.check_text("Message", message)
     history = logic.normalize_history(history)
     out = history + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
     max_tokens = logic.settings("study_chat", CAP)["max_tokens"]
+    found = notes.load().retrieve(message) if use_notes is not False else []
     note = ""
-    for text, dropped, flags in tasks.stream_chat(_stream(key), history, message, _count(key), N_CTX, max_tokens):
+    for text, dropped, flags, kept in tasks.stream_chat(_stream(key), history, message, _count(key), N_CTX, max_tokens, notes.texts(found)):
         out[-1]["content"] = text
-        note = (f"Dropped the {dropped} oldest messages to fit the context window. " if dropped else "") + (
+        note = (f"Course notes in the prompt: {notes.sources(found[:kept])}. " if kept else "") + (
+            f"Dropped the {dropped} oldest messages to fit the context window. " if dropped else "") + (
             f"Removed from the answer: {', '.join(flags)}." if flags else "")
         yield out, "", note
     if not out[-1]["content"]:
@@ -299,14 +302,17 @@ def build() -> gr.Blocks:
         refresh.click(refresh_models, model, model, api_visibility="private")
 
         with gr.Tab("Study Chat"):
-            gr.Markdown("Ask anything about ID2223 in your own words; Iris answers and keeps the conversation going.")
+            gr.Markdown("Ask anything about ID2223 in your own words; Iris answers and keeps the conversation going. "
+                        "With course notes on, it hands the model the passages of the course notes that match your question.")
             chatbot = gr.Chatbot(label="Chat", height=420, elem_id="chatbot")
             chatbot.data_model = _Messages  # on the instance: a subclass would make Gradio write an app.pyi beside this file
             message = gr.Textbox(label="Message", placeholder="Ask about any ID2223 topic", max_length=limit, elem_id="chat-message")
             chat_note = gr.Markdown(label="note")
-            send = gr.Button("Send", variant="primary")
-            send.click(study_chat, [model, message, chatbot], [chatbot, message, chat_note], api_name="study_chat")
-            message.submit(study_chat, [model, message, chatbot], [chatbot, message, chat_note], api_visibility="private")
+            with gr.Row():
+                send = gr.Button("Send", variant="primary", scale=4)
+                use_notes = gr.Checkbox(value=True, label="Use course notes", scale=1, elem_id="chat-notes")
+            send.click(study_chat, [model, message, chatbot, use_notes], [chatbot, message, chat_note], api_name="study_chat")
+            message.submit(study_chat, [model, message, chatbot, use_notes], [chatbot, message, chat_note], api_visibility="private")
 
         with gr.Tab("Quiz Generator"):
             gr.Markdown("Multiple-choice questions on one topic: pick an answer to each and Iris scores them. "

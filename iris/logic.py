@@ -129,7 +129,7 @@ except ImportError:  # the Space layout: these modules sit flat beside app.py
 # Re-exported: the app and tests use logic.quiz_prompt and so on.
 QUIZ_TEMPLATE, SYSTEM_PROMPTS, join_and, messages = _prompts.QUIZ_TEMPLATE, _prompts.SYSTEM_PROMPTS, _prompts.join_and, _prompts.messages
 quiz_prompt, feedback_prompt, cheat_sheet_prompt = _prompts.quiz_prompt, _prompts.feedback_prompt, _prompts.cheat_sheet_prompt
-study_plan_prompt, drill_prompt = _prompts.study_plan_prompt, _prompts.drill_prompt
+study_plan_prompt, drill_prompt, chat_system = _prompts.study_plan_prompt, _prompts.drill_prompt, _prompts.chat_system
 
 
 # ---------------------------------------------------------------------------------------------- leaked phrases

@@ -50,9 +50,20 @@ def messages(tool: str, user: str) -> list[dict]:
     return [{"role": "system", "content": SYSTEM_PROMPTS[tool]}, {"role": "user", "content": user}]
 
 
-def chat_prompt(history: list[dict], message: str) -> list[dict]:
-    """Study Chat: the chat system prompt, the earlier turns, the new message (Iris trims old turns to fit)."""
-    return [{"role": "system", "content": SYSTEM_PROMPTS["study_chat"]}, *history, {"role": "user", "content": message}]
+NOTES_HEADER = "Course notes for this question (use what is relevant):"
+
+
+def chat_system(notes: list[str] | tuple[str, ...] = ()) -> str:
+    """Study Chat's system prompt, followed by the course-note passages retrieved for the message (``iris.notes``),
+    one bullet each, when there are any."""
+    block = f"\n\n{NOTES_HEADER}\n" + "\n".join(f"- {n}" for n in notes) if notes else ""
+    return SYSTEM_PROMPTS["study_chat"] + block
+
+
+def chat_prompt(history: list[dict], message: str, notes: list[str] | tuple[str, ...] = ()) -> list[dict]:
+    """Study Chat: the system prompt with the message's course notes, the earlier turns, the new message (Iris trims
+    old turns to fit)."""
+    return [{"role": "system", "content": chat_system(notes)}, *history, {"role": "user", "content": message}]
 
 
 def quiz_prompt(topic: str, n: int, difficulty: str, strict: bool = False) -> list[dict]:
@@ -121,5 +132,5 @@ BUILDERS = {
 def render(tool: str, args: dict) -> list[dict]:
     """The messages Iris sends for ``tool`` called with ``args`` (a row's recorded ``prompt``)."""
     if tool == "study_chat":
-        return chat_prompt(args.get("history", []), args["message"])
+        return chat_prompt(args.get("history", []), args["message"], args.get("notes", ()))
     return BUILDERS[tool](**args)

@@ -165,21 +165,34 @@ def run_drill(generate, topics: list[str], n: int, bank=None) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------- chat
-def chat_messages(history, message: str, count, n_ctx: int, max_tokens: int) -> tuple[list[dict], int]:
-    """The prompt for one chat turn, trimmed to the context window (system prompt kept, oldest turns dropped)."""
+def chat_messages(history, message: str, count, n_ctx: int, max_tokens: int, notes=()) -> tuple[list[dict], int, int]:
+    """The prompt for one chat turn, trimmed to the context window: the system prompt with the message's course-note
+    passages (``notes``, best first: the last ones go when the system prompt, notes and message alone do not fit), the
+    message, then as many of the newest turns as fit. Returns the messages, how many old messages were dropped, and how
+    many notes were kept."""
     budget = n_ctx - max_tokens - 8
-    return logic.trim_history(logic.SYSTEM_PROMPTS["study_chat"], logic.normalize_history(history), message, count, budget)
+    history = logic.normalize_history(history)
+    notes = list(notes)
+    while True:
+        try:
+            prompt, dropped = logic.trim_history(logic.chat_system(notes), history, message, count, budget)
+            return prompt, dropped, len(notes)
+        except logic.InputError:
+            if not notes:
+                raise
+            notes.pop()
 
 
-def stream_chat(stream, history: list[dict], message: str, count, n_ctx: int, max_tokens: int):
-    """Yield the growing, cleaned answer; ``stream(messages, tool)`` yields text pieces as the model makes them."""
-    prompt, dropped = chat_messages(history, message, count, n_ctx, max_tokens)
+def stream_chat(stream, history: list[dict], message: str, count, n_ctx: int, max_tokens: int, notes=()):
+    """Yield ``(growing cleaned answer, old messages dropped, leak flags, notes kept)``; ``stream(messages, tool)``
+    yields text pieces as the model makes them. ``notes``: the message's course-note passages (``iris.notes``)."""
+    prompt, dropped, kept = chat_messages(history, message, count, n_ctx, max_tokens, notes)
     text, pieces = "", stream(prompt, "study_chat")
     try:
         for piece in pieces:
             text += piece
             cleaned, flags = logic.clean_output(text)
-            yield cleaned, dropped, flags
+            yield cleaned, dropped, flags, kept
             if "next_turn_cut" in flags:  # the model started writing the student's next turn: stop there
                 break
     finally:

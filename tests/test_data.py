@@ -100,7 +100,7 @@ def captured_requests(kind: str, args: dict) -> list[list[dict]]:
     elif kind in ("drill", "drill_grade"):
         tasks.run_drill(generate, args["topics"], args["n"])
     else:
-        sent.append(tasks.chat_messages([], args["message"], lambda text: len(text.split()), 4096, 512)[0])
+        sent.append(tasks.chat_messages([], args["message"], lambda text: len(text.split()), 4096, 512, args.get("notes", ()))[0])
     return sent
 
 

@@ -67,6 +67,14 @@ def test_study_chat_streams(iris):
     assert [m["role"] for m in again] == ["user", "assistant"] * 2 and again[2]["content"][0]["text"] == "And QLoRA?"
 
 
+def test_study_chat_hands_the_model_course_notes_unless_told_not_to(iris):
+    client, _ = iris
+    _, _, note = client.predict(EMBEDDED, "Why does QLoRA store the base model in NF4?", [], api_name="/study_chat")
+    assert note.startswith("Course notes in the prompt: ") and "QLoRA" in note  # as many as the 512-token test window holds
+    _, _, note = client.predict(EMBEDDED, "Why does QLoRA store the base model in NF4?", [], False, api_name="/study_chat")
+    assert "Course notes" not in note
+
+
 def test_long_history_is_trimmed_not_refused(iris):
     client, _ = iris
     def msg(role, text):  # Gradio 6's message format, as study_chat returns it

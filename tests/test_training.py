@@ -35,7 +35,7 @@ def test_the_grid_is_complete():
     original = {"llama_3_2_1b_lora_finetome", "llama_3_2_1b_qlora_finetome", "llama_3_2_1b_qlora_finetome_exam",
                 "llama_3_2_3b_qlora_finetome", "llama_3_2_3b_qlora_finetome_exam", "llama_3_2_3b_qlora_exam",
                 "gemma_2_2b_lora_finetome", "phi_3_3b_lora_finetome", "phi_3_3b_lora_finetome_exam"}
-    embedded = {f"smollm2_135m_{m}_{d}" for m in ("lora", "qlora") for d in ("finetome", "exam", "finetome_exam")}
+    embedded = {f"smollm2_135m_{m}_{d}" for m in ("lora", "qlora") for d in ("finetome", "exam", "finetome_exam")} | {"smollm2_135m_lora_exam_grounded"}
     assert names == {f"train_{n}" for n in original | embedded}
 
 
@@ -428,6 +428,22 @@ def test_stage2_error_from_its_script_names_the_sibling_script(tiny_model_dir, e
     r = run_script("training/train_smollm2_135m_lora_finetome_exam.py", *tiny_args(tiny_model_dir, exam_file, tmp_path, "--max_steps", "1"))
     assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert f"run python training/train_smollm2_135m_lora_finetome.py --model {tiny_model_dir} --root {tmp_path} first" in r.stderr
+
+
+def test_grounded_stage_continues_the_adapter_it_is_given(tiny_model_dir, exam_file, tmp_path):
+    err = script_error("train_smollm2_135m_lora_exam_grounded.py",
+                       tiny_args(tiny_model_dir, exam_file, tmp_path, "--max_steps", "1", "--init_adapter", "no-such-run"))
+    assert "'no-such-run'" in err and "--init_adapter" in err
+    r = run_script("training/train_smollm2_135m_lora_exam.py", *tiny_args(tiny_model_dir, exam_file, tmp_path, "--max_steps", "2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    # learning rate 0: one step must leave the continued adapter exactly as it was (a fresh LoRA has B = 0)
+    r = run_script("training/train_smollm2_135m_lora_exam_grounded.py", *tiny_args(tiny_model_dir, exam_file, tmp_path, "--max_steps", "1",
+                   "--init_adapter", "tiny-llama-lora-exam", "--learning_rate", "0"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    before, after = adapter_tensors(tmp_path, "tiny-llama-lora-exam"), adapter_tensors(tmp_path, "tiny-llama-lora-exam-grounded")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    record = json.loads((tmp_path / "training_logs" / "tiny-llama-lora-exam-grounded.json").read_text())
+    assert record["continued_from"] == str(tmp_path / "models" / "tiny-llama-lora-exam")
 
 
 def test_offline_llama_script_fails_with_one_clear_message(monkeypatch):

@@ -12,10 +12,14 @@ Outputs:
                                     cheat_sheet, study_plan, drill, drill_grade) are built with Iris's own prompt
                                     functions (iris/prompts.py), system prompt included, and record the tool and its
                                     arguments in "prompt" so a check can render the same request again
+  data/id2223_exam_prep_grounded.jsonl  the concept and compare rows again, with the course notes Iris's Study Chat
+                                    retrieves for the question in the system prompt (iris/notes.py), the row's own
+                                    source item left out of the index, as for a question never seen in training
   data/id2223_exam_prep_test.jsonl  held-out questions (with the chat system prompt), reference answers, key concepts
   data/general_instructions.jsonl   ShareGPT-format general conversations
+  iris/notes.json                   the course-notes index those rows and Iris's Study Chat retrieve from
 
-    python tools/build_datasets.py           # rebuild all three files
+    python tools/build_datasets.py           # rebuild all five files
     python tools/build_datasets.py --check   # exit 1 if the committed files differ from a rebuild
 """
 
@@ -32,6 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from iris import notes as iris_notes  # noqa: E402  (the course notes Study Chat retrieves)
 from iris import plan as iris_plan  # noqa: E402  (plans come from Iris's own scheduler)
 from iris import prompts  # noqa: E402  (the prompts Iris sends)
 from labcore.io import write_text  # noqa: E402
@@ -40,6 +45,7 @@ from tools.kb_check import check_all, words  # noqa: E402
 SOURCES = REPO / "data" / "sources"
 OUT_TRAIN = REPO / "data" / "id2223_exam_prep_full.jsonl"
 OUT_TEST = REPO / "data" / "id2223_exam_prep_test.jsonl"
+OUT_GROUNDED = REPO / "data" / "id2223_exam_prep_grounded.jsonl"
 OUT_GENERAL = REPO / "data" / "general_instructions.jsonl"
 SEED = 2223
 LETTERS = "ABCD"
@@ -421,6 +427,21 @@ def build_exam(topics: list[dict]) -> tuple[list[dict], list[dict]]:
         sys.exit(f"error: held-out questions also in the training file: {leaked[:5]}. Edit data/sources/kb.")
     return train, test
 
+def build_grounded(train: list[dict], index: iris_notes.Notes) -> list[dict]:
+    """Each concept and compare row again with the notes Study Chat retrieves for its question, its own source item
+    excluded (the index holds every qa and compare answer, under the id of the row built from it)."""
+    out = []
+    for r in train:
+        if r["kind"] not in ("concept", "compare"):
+            continue
+        message = r["prompt"]["args"]["message"]
+        notes = iris_notes.texts(index.retrieve(message, exclude={r["id"]}))
+        args = {"message": message, "notes": notes}
+        out.append({**r, "id": r["id"] + "-grounded", "conversations": prompts.chat_prompt([], message, notes) + r["conversations"][2:],
+                    "prompt": {"tool": "study_chat", "args": args}})
+    return out
+
+
 def build_general() -> list[dict]:
     rows = [json.loads(line) for path in sorted(SOURCES.glob("general_*.jsonl"))
             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -437,7 +458,11 @@ def main(argv=None):
     ap.add_argument("--check", action="store_true", help="do not write; exit 1 if a committed file differs from a rebuild")
     args = ap.parse_args(argv)
     train, test = build_exam(load_kb())
-    outputs = {OUT_TRAIN: dumps(train), OUT_TEST: dumps(test), OUT_GENERAL: dumps(build_general())}
+    kb_files = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((SOURCES / "kb").glob("*.json"))]
+    passages = iris_notes.passages(kb_files)
+    index = iris_notes.Notes([iris_notes.Passage(**p) for p in passages])
+    outputs = {OUT_TRAIN: dumps(train), OUT_GROUNDED: dumps(build_grounded(train, index)), OUT_TEST: dumps(test),
+               OUT_GENERAL: dumps(build_general()), iris_notes.NOTES: iris_notes.dumps(passages)}
     stale = []
     for path, text in outputs.items():
         if args.check:
@@ -445,7 +470,7 @@ def main(argv=None):
                 stale.append(path.name)
         else:
             write_text(path, text)
-            print(f"wrote {path.relative_to(REPO)}: {text.count(chr(10))} rows")
+            print(f"wrote {path.relative_to(REPO)}: {text.count(chr(10))} lines")
     if stale:
         sys.exit(f"error: {', '.join(stale)} differ from a rebuild: run python tools/build_datasets.py")
 

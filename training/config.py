@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DATASETS = ("finetome", "exam", "finetome-exam")
+DATASETS = ("finetome", "exam", "finetome-exam", "exam-grounded")
 # Adapters committed with the repository (adapters/<run>/): the tuned model a fresh clone serves without training.
 SHIPPED_ADAPTERS = REPO / "adapters"
 
@@ -97,7 +97,10 @@ def find_adapter(run: str, root: Path | str = REPO) -> Path:
 class TrainConfig:
     # What is trained
     model: str = field(default="smollm2-135m", metadata={"help": "model-table key (see training/models.py) or a local checkpoint folder"})
-    data: str = field(default="exam", metadata={"help": "finetome (stage 1), exam (stage 2 from the base) or finetome-exam (stage 2 continuing the finetome adapter)"})
+    data: str = field(default="exam", metadata={"help": "finetome (stage 1), exam (stage 2 from the base), finetome-exam (stage 2 continuing "
+                      "the finetome adapter) or exam-grounded (Study Chat with course notes in the prompt, continuing --init_adapter)"})
+    init_adapter: str | None = field(default=None, metadata={"help": "continue this adapter (a run name such as the shipped smollm2-135m-id2223, "
+                                     "or a folder) instead of starting a fresh LoRA; its rank and targets then apply"})
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the frozen base in 4-bit NF4 (double quantisation, bf16 compute)"})
     run_name: str | None = field(default=None, metadata={"help": "override the derived <model>-<method>-<data> name"})
 
@@ -236,6 +239,16 @@ class TrainConfig:
     @property
     def stage1_adapter_dir(self) -> Path:
         return RunPaths(self.stage1_name, Path(self.root)).trained_adapter
+
+    @property
+    def continued_adapter_dir(self) -> Path | None:
+        """The adapter this run continues: the stage-1 run's for finetome-exam, else --init_adapter's (a folder, or a
+        run's trained or shipped adapter); None for a fresh LoRA."""
+        if self.data == "finetome-exam":
+            return self.stage1_adapter_dir
+        if not self.init_adapter:
+            return None
+        return Path(self.init_adapter) if Path(self.init_adapter).is_dir() else find_adapter(self.init_adapter, self.root)
 
     @property
     def log_dir(self) -> Path:

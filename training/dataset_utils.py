@@ -27,6 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 EXAM_DATA = REPO / "data" / "id2223_exam_prep_full.jsonl"
+EXAM_GROUNDED_DATA = REPO / "data" / "id2223_exam_prep_grounded.jsonl"  # Study Chat rows with course notes
 EXAM_TEST_DATA = REPO / "data" / "id2223_exam_prep_test.jsonl"
 GENERAL_DATA = REPO / "data" / "general_instructions.jsonl"
 FINETOME_ID = "mlabonne/FineTome-100k"

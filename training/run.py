@@ -172,10 +172,11 @@ def load_training_rows(cfg: TrainConfig) -> tuple[list[dict], str, dict]:
     if cfg.data == "finetome" and not cfg.data_path:
         rows, source = du.load_finetome(cfg.general_data_path)
         return rows, source, {}
-    path = cfg.data_path or du.EXAM_DATA
+    default = du.EXAM_GROUNDED_DATA if cfg.data == "exam-grounded" else du.EXAM_DATA
+    path = cfg.data_path or default
     report = du.LoadReport(source=str(path))
     rows = du.load_conversations(path, strict=cfg.strict_data, report=report)
-    source = cfg.data_path or str(du.EXAM_DATA.relative_to(REPO))
+    source = cfg.data_path or str(default.relative_to(REPO))
     return rows, source, {"skipped": dict(report.skipped), "notes": report.notes()}
 
 
@@ -271,6 +272,10 @@ def resolve_base(cfg: TrainConfig) -> str:
     stage1 = cfg.stage1_adapter_dir
     if cfg.data == "finetome-exam" and not (stage1 / "adapter_config.json").exists():
         raise RunError(f"{cfg.name} continues the stage-1 adapter {stage1}, which does not exist: run {stage1_command(cfg)} first.")
+    adapter = cfg.continued_adapter_dir
+    if adapter is not None and not (adapter / "adapter_config.json").exists():
+        raise RunError(f"{cfg.name} continues the adapter {cfg.init_adapter!r} ({adapter}), which has no adapter_config.json: "
+                       "pass --init_adapter with a run name or an adapter folder, or train that run first.")
     return model_path
 
 
@@ -421,8 +426,8 @@ def start_record(cfg: TrainConfig, trainer, tokenizer, data: Data, setup: Setup,
         "training_chat_template_sha256": template_hash(data.template),
         "parameters": {"trainable": trainable, "total": total, "trainable_pct": round(100 * trainable / total, 3)},
     })
-    if cfg.data == "finetome-exam":
-        record["continued_from"] = str(cfg.stage1_adapter_dir)
+    if cfg.continued_adapter_dir is not None:
+        record["continued_from"] = str(cfg.continued_adapter_dir)
     if trainer.is_world_process_zero():
         write_json(cfg.record_path, record)
     return record
@@ -512,10 +517,10 @@ def build_model(cfg: TrainConfig, model_path: str, compute_dtype, precision: str
     model.config.use_cache = False  # padding-free batches are exact only without the KV cache
     if cfg.load_in_4bit and device == "cpu":
         release_checkpoint_mapping(model)
-    if cfg.data == "finetome-exam":
-        stage1 = cfg.stage1_adapter_dir
-        model = PeftModel.from_pretrained(model, stage1, is_trainable=True)
-        print(f"[train] continuing the stage-1 adapter {stage1}")
+    if cfg.continued_adapter_dir is not None:
+        adapter = cfg.continued_adapter_dir
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+        print(f"[train] continuing the adapter {adapter}")
     else:
         model = get_peft_model(model, lora_config(cfg))
     for p in model.parameters():  # adapters train in fp32 even over a bf16 or 4-bit base

@@ -1,0 +1,20 @@
+"""Stage 3: continue the shipped exam adapter on Study Chat rows that carry course notes in the prompt (LoRA), embedded model.
+
+    python training/train_smollm2_135m_lora_exam_grounded.py
+    python training/train_smollm2_135m_lora_exam_grounded.py --max_steps 5     # any TrainConfig field is a flag; --help lists them
+
+The rows (data/id2223_exam_prep_grounded.jsonl) are the concept and compare questions with the notes Iris's Study Chat
+retrieves for them (iris/notes.py), so the model learns to answer from the course text it is handed. 1,280 tokens
+holds the longest row whole.
+"""
+
+from dataclasses import replace
+
+from training.config import STAGE2
+from training.run import run
+
+CONFIG = replace(STAGE2, model="smollm2-135m", data="exam-grounded", init_adapter="smollm2-135m-id2223", num_train_epochs=2,
+                 max_length=1280, per_device_train_batch_size=16, gradient_accumulation_steps=1, save_steps=25)
+
+if __name__ == "__main__":
+    run(CONFIG)
