@@ -2,7 +2,7 @@
 
 Keys, never paths, come from the user:
 - ``tuned:<run>``: an adapter shipped with the repository (``adapters/<run>/``, folder: ``IRIS_ADAPTER_DIR``), the
-  model fine-tuned on the course. Listed first, so it is the default. On first use it is merged into its base and
+  model fine-tuned on the course. Listed first (``DEFAULT_TUNED`` before the others), so it is the default. On first use it is merged into its base and
   exported to Q8_0 by ``tools/export_to_gguf.py`` (verification included) into ``.cache/iris/<run>-<adapter sha>/``:
   every file is written under a temporary name and renamed when complete, a file lock keeps two processes from
   doing it twice, and later uses load the cached file. ``python iris/app.py`` starts this in the background.
@@ -89,6 +89,11 @@ def manifest_entries(folder: Path) -> list[ModelEntry]:
     return out
 
 
+# The shipped adapter Iris selects by default (the others follow by name): the exam adapter continued on Study Chat
+# with course notes, which Study Chat sends (evaluation_results/eval_notes.md).
+DEFAULT_TUNED = "smollm2-135m-id2223-notes"
+
+
 def adapter_dir() -> Path:
     return Path(os.environ.get("IRIS_ADAPTER_DIR") or HERE.parent / "adapters")
 
@@ -99,10 +104,19 @@ def shipped_entries(folder: Path | None = None) -> list[ModelEntry]:
     if not EXPORT_TOOL.exists() or not folder.is_dir():
         return []
     out = []
-    for d in sorted(folder.iterdir()):
+    for d in sorted(folder.iterdir(), key=lambda d: (d.name != DEFAULT_TUNED, d.name)):
         if (d / "adapter_config.json").exists() and (d / "adapter_model.safetensors").exists():
-            out.append(ModelEntry(f"{TUNED_PREFIX}{d.name}", f"{d.name} · {TUNED_QUANT.upper()} (tuned on ID2223, shipped)", adapter=str(d)))
+            how = "tuned on ID2223 to answer from course notes" if _trained_on(d) == "exam-grounded" else "tuned on ID2223"
+            out.append(ModelEntry(f"{TUNED_PREFIX}{d.name}", f"{d.name} · {TUNED_QUANT.upper()} ({how}, shipped)", adapter=str(d)))
     return out
+
+
+def _trained_on(adapter: Path) -> str | None:
+    """The ``data`` of the adapter's run record (``exam``, ``exam-grounded``, ...), None when it has none."""
+    try:
+        return json.loads((adapter / "run_record.json").read_text()).get("config", {}).get("data")
+    except (OSError, ValueError):
+        return None
 
 
 def _adapter_sha(adapter: Path) -> str:

@@ -120,7 +120,10 @@ def test_the_shipped_comparison_runs_once_per_adapter_and_item_count(repo):
     cmd, done = calls[6]
     assert not done, "no report yet: the base-against-shipped step runs"
     assert "base:smollm2-135m@q8_0" in cmd and f"adapters/{demo.SHIPPED}@q8_0" in cmd and cmd[cmd.index("--items") + 1] == "40"
+    assert cmd[cmd.index("--notes") + 1] == "3", "both models get the course notes Study Chat sends"
     report = root / "evaluation_results" / "demo_shipped.json"
     report.write_text(json.dumps({"config": {"settings": {"items": 40, "ppl_items": 60, "max_new_tokens": 256}}}))
+    assert demo.main([]) == 0 and not calls[6][1], "a report made without the notes is redone"
+    report.write_text(json.dumps({"config": {"settings": {"items": 40, "ppl_items": 60, "max_new_tokens": 256, "notes": 3, "max_length": 1536}}}))
     assert demo.main([]) == 0 and calls[6][1], "a current report is not redone"
     assert demo.main(["--shipped_items", "60"]) == 0 and not calls[6][1]

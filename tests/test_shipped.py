@@ -11,6 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "adapters" / "smollm2-135m-id2223"
+NOTES = REPO / "adapters" / "smollm2-135m-id2223-notes"  # SHIPPED continued on Study Chat with course notes: Iris's default
 
 
 # ------------------------------------------------------------------------------------------------- intervals
@@ -50,17 +51,23 @@ def test_compare_reports_intervals_for_paired_items():
 
 
 # ------------------------------------------------------------------------------------------------- shipped adapter
-def test_the_shipped_adapter_is_small_bf16_and_says_where_it_was_trained():
+@pytest.mark.parametrize("adapter", [SHIPPED, NOTES], ids=["exam", "notes"])
+def test_the_shipped_adapters_are_small_bf16_and_say_where_they_were_trained(adapter):
     from safetensors import safe_open
 
-    weights = SHIPPED / "adapter_model.safetensors"
+    weights = adapter / "adapter_model.safetensors"
     assert weights.stat().st_size <= 25 * 2**20
     with safe_open(weights, "pt") as f:
         assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"BF16"}
-    record = json.loads((SHIPPED / "run_record.json").read_text())
-    assert record["status"] == "completed" and record["name"] == SHIPPED.name and record["trained_as"].startswith("recipe-")
+    record = json.loads((adapter / "run_record.json").read_text())
+    assert record["status"] == "completed" and record["name"] == adapter.name
     assert record["resolved"]["device"] in ("cuda", "cpu") and "hardware" in record
     assert record["config"]["model"] == "smollm2-135m"
+    if adapter == SHIPPED:
+        assert record["trained_as"].startswith("recipe-")
+    else:  # the grounded stage's own script, continuing the exam adapter: its command reproduces it on a fresh clone
+        assert record["trained_as"] == "smollm2-135m-lora-exam-grounded" and record["config"]["data"] == "exam-grounded"
+        assert record["config"]["init_adapter"] == SHIPPED.name and record["continued_from"].endswith(f"adapters/{SHIPPED.name}")
 
 
 def test_find_adapter_prefers_a_local_run_then_the_shipped_one(tmp_path):
@@ -81,7 +88,9 @@ def test_iris_lists_the_shipped_model_first_labelled_tuned(monkeypatch):
     monkeypatch.setenv("IRIS_GGUF_DIR", str(REPO / "no-such-folder"))
     monkeypatch.setenv("IRIS_HUB_MODELS", "")
     entries = list(models.registry().values())
-    assert entries[0].key == f"tuned:{SHIPPED.name}" and "tuned" in entries[0].label and entries[0].adapter
+    assert models.DEFAULT_TUNED == NOTES.name
+    assert entries[0].key == f"tuned:{NOTES.name}" and "course notes" in entries[0].label and entries[0].adapter
+    assert entries[1].key == f"tuned:{SHIPPED.name}" and "tuned on ID2223, shipped" in entries[1].label  # side by side
     assert any(e.key == models.EMBEDDED_KEY and "untuned" in e.label for e in entries), "the base stays selectable"
 
 

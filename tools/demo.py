@@ -2,7 +2,8 @@
 
     python tools/demo.py                 # prepare base -> data report -> short exam fine-tune -> eval base vs it
                                          # -> export F16/Q8_0/Q4_K_M with verification
-                                         # -> base vs the shipped tuned model (adapters/), with 95% intervals -> summary
+                                         # -> base vs the shipped tuned model (adapters/), both with Study Chat's
+                                         #    course notes, with 95% intervals -> summary
     python tools/demo.py --max_steps 40 --items 30      # a longer fine-tune and a larger evaluation
 
 Re-running skips finished steps (a step is finished when its output exists, is newer than its inputs and was made
@@ -28,7 +29,8 @@ from evaluation.common import at_least, parse_args  # noqa: E402
 
 SCRIPT = "training/train_smollm2_135m_lora_exam.py"
 RUN = "smollm2-135m-lora-exam-demo"  # its own run, so the demo never touches the full exam run's adapter or reports
-SHIPPED = "smollm2-135m-id2223"  # the tuned adapter committed in adapters/ (evaluation_results/eval_recipes.md chose it)
+SHIPPED = "smollm2-135m-id2223-notes"  # the tuned adapter Iris serves by default (adapters/README.md; evaluation_results/eval_notes.md)
+NOTES = {"notes": 3, "max_length": 1536}  # each question with the course notes Iris's Study Chat sends (iris/notes.py)
 IRIS_SAMPLING = ["--sampling", "--temperature", "0.3", "--top_p", "0.9", "--repeat_penalty", "1.15"]  # what Iris generates with
 PY = sys.executable
 
@@ -96,7 +98,7 @@ class Args:
     ppl_items: int = field(default=60, metadata={"help": "held-out items for perplexity, in both comparisons"})
     max_new_tokens: int = field(default=96, metadata={"help": "token limit per answer, base against the demo's fine-tune"})
     shipped_items: int = field(default=40, metadata={"help": "held-out items answered per model, base against the shipped tuned model "
-                                                             "(evaluation_results/eval_shipped.json has 150)"})
+                                                             "(evaluation_results/eval_notes.json has 150)"})
 
     def __post_init__(self):
         at_least(1, max_steps=self.max_steps, items=self.items, ppl_items=self.ppl_items, max_new_tokens=self.max_new_tokens,
@@ -140,8 +142,9 @@ def main(argv=None) -> int:
                                  [PY, "evaluation/eval_domain.py", "base:smollm2-135m", RUN, "--out", str(eval_report), "--prompts", "none",
                                   *flags(eval_settings)], made_with(eval_report, adapter / "adapter_model.safetensors", eval_settings))
         times["export"] = run_step(5, total, "export to GGUF F16/Q8_0/Q4_K_M and verify", [PY, "tools/export_to_gguf.py", RUN], False)
-        shipped_settings = {"items": args.shipped_items, "ppl_items": args.ppl_items, "max_new_tokens": 256}
-        times["shipped"] = run_step(6, total, f"the base against the shipped tuned model {SHIPPED} (both GGUF Q8_0; {args.shipped_items} held-out items)",
+        shipped_settings = {"items": args.shipped_items, "ppl_items": args.ppl_items, "max_new_tokens": 256, **NOTES}
+        times["shipped"] = run_step(6, total, f"the base against the shipped tuned model {SHIPPED} (both GGUF Q8_0 with Study Chat's course notes; "
+                                    f"{args.shipped_items} held-out items)",
                                     [PY, "evaluation/eval_domain.py", "base:smollm2-135m@q8_0", f"adapters/{SHIPPED}@q8_0", "--out", str(shipped_report),
                                      "--prompts", "none", *flags(shipped_settings), *IRIS_SAMPLING],
                                     made_with(shipped_report, REPO / "adapters" / SHIPPED / "adapter_model.safetensors", shipped_settings))
@@ -169,7 +172,7 @@ def shipped_summary(report_path: Path) -> None:
     base, tuned, row = models[0], models[1], rows[0]
     n = tuned["summary"]["test_answers"]
     print(f"\nthe shipped tuned model against the base ({n} held-out answers, {tuned['perplexity']['items']} items for perplexity; "
-          "both GGUF Q8_0 with Iris's sampling settings; [95% paired bootstrap interval]):")
+          "both GGUF Q8_0 with Iris's sampling settings and Study Chat's course notes in the prompt; [95% paired bootstrap interval]):")
     print(f"  {'':<22} {'base':>8} {'tuned':>8}   change")
     for key, label, fmt in (("coverage_mean", "concept coverage", ".3f"), ("rouge_l_mean", "ROUGE-L", ".3f"),
                             ("ended_rate", "ended by itself", ".2f"), ("leak_rate", "leaked role/meta text", ".2f")):
@@ -181,7 +184,8 @@ def shipped_summary(report_path: Path) -> None:
     b = row.get("perplexity_ratio_bootstrap")
     print(f"  {'perplexity':<22} {base['perplexity']['perplexity']:>8.2f} {tuned['perplexity']['perplexity']:>8.2f}   "
           f"x{b['value']:.3f} {interval(b, '.3f')}" if b else "")
-    print("  your 12-step run above moves perplexity first; the shipped adapter is a full run (evaluation_results/eval_recipes.md)")
+    print("  your 12-step run above moves perplexity first; the shipped adapter is a full run: the exam recipe chosen in "
+          "evaluation_results/eval_recipes.md, continued on Study Chat with course notes (evaluation_results/eval_notes.md)")
 
 
 def summary(adapter: Path, eval_report: Path, manifest_path: Path) -> None:
