@@ -16,7 +16,6 @@ where ``data/`` is not shipped (the Space layout).
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import math
 from collections import Counter
@@ -25,9 +24,9 @@ from functools import lru_cache
 from pathlib import Path
 
 try:
-    from iris.grounding import KB_GLOB, stems
+    from iris.grounding import KB_GLOB, _kb_files, stems
 except ImportError:  # the Space layout: modules flat beside app.py
-    from grounding import KB_GLOB, stems
+    from grounding import KB_GLOB, _kb_files, stems
 
 HERE = Path(__file__).resolve().parent
 NOTES = HERE / "notes.json"
@@ -42,7 +41,7 @@ CHAT_WORDS = set(stems("thanks thank hello hey please help study studying bye ok
 class Passage:
     id: str  # <topic id>-<kind>-<i>; for qa and compare items the id of the training row built from them
     topic: str  # the topic's title
-    kind: str  # summary | key_point | pitfall | qa | compare
+    kind: str  # summary | key_point | pitfall | concept (a qa item) | compare
     text: str
 
 
@@ -69,8 +68,9 @@ class Notes:
     def __init__(self, items: list[Passage]):
         self.items = items
         self.docs = [Counter(stems(f"{p.topic}. {p.text}")) for p in items]  # the topic's title counts, not shown
-        self.lengths = [sum(d.values()) for d in self.docs]
-        self.avg = (sum(self.lengths) / len(self.docs)) if self.docs else 1.0
+        lengths = [sum(d.values()) for d in self.docs]
+        avg = (sum(lengths) / len(lengths)) if lengths else 1.0
+        self.norms = [K1 * (1 - B + B * length / avg) for length in lengths]  # BM25's length term, once per passage
         df = Counter(s for d in self.docs for s in d)
         n = len(self.docs)
         self.idf = {s: math.log(1 + (n - c + 0.5) / (c + 0.5)) for s, c in df.items()}
@@ -78,8 +78,7 @@ class Notes:
     def scores(self, question: str) -> list[float]:
         q = set(stems(question)) - CHAT_WORDS
         out = []
-        for d, length in zip(self.docs, self.lengths):
-            norm = K1 * (1 - B + B * length / self.avg)
+        for d, norm in zip(self.docs, self.norms):
             out.append(math.fsum(sorted(self.idf[w] * d[w] * (K1 + 1) / (d[w] + norm) for w in q if w in d)))
         return out
 
@@ -120,13 +119,18 @@ def dumps(items: list[dict]) -> str:
                        "passages": items}, indent=0, ensure_ascii=False) + "\n"
 
 
+def kb_passages(kb_glob: str = KB_GLOB) -> list[dict]:
+    """``passages`` of the knowledge-base files matching ``kb_glob``, read in file-name order."""
+    files = _kb_files(kb_glob)
+    if not files:
+        raise SystemExit(f"error: no knowledge-base files match {kb_glob}; pass --kb with the data/sources/kb/*.json glob.")
+    return passages(files)
+
+
 def build_file(kb_glob: str = KB_GLOB, out: Path = NOTES) -> int:
     from labcore.io import write_text
 
-    files = [json.loads(Path(f).read_text(encoding="utf-8")) for f in sorted(glob.glob(kb_glob))]
-    if not files:
-        raise SystemExit(f"error: no knowledge-base files match {kb_glob}; pass --kb with the data/sources/kb/*.json glob.")
-    items = passages(files)
+    items = kb_passages(kb_glob)
     write_text(out, dumps(items))
     return len(items)
 

@@ -458,8 +458,7 @@ def main(argv=None):
     ap.add_argument("--check", action="store_true", help="do not write; exit 1 if a committed file differs from a rebuild")
     args = ap.parse_args(argv)
     train, test = build_exam(load_kb())
-    kb_files = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((SOURCES / "kb").glob("*.json"))]
-    passages = iris_notes.passages(kb_files)
+    passages = iris_notes.kb_passages(str(SOURCES / "kb" / "*.json"))
     index = iris_notes.Notes([iris_notes.Passage(**p) for p in passages])
     outputs = {OUT_TRAIN: dumps(train), OUT_GROUNDED: dumps(build_grounded(train, index)), OUT_TEST: dumps(test),
                OUT_GENERAL: dumps(build_general()), iris_notes.NOTES: iris_notes.dumps(passages)}
